@@ -1,0 +1,65 @@
+"""Run profiles: every size a chapter uses lives here, in one place.
+
+``smoke`` runs a chapter in seconds (the tests execute every chapter this way),
+``cpu`` is the default (minutes on a laptop-class CPU; the results must show the
+effects a chapter claims), ``accelerator`` is for GPU/TPU (bigger models, more
+samples, more steps).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+
+
+@dataclasses.dataclass(frozen=True)
+class Profile:
+    name: str
+    # 2-D toy denoiser (MLP on the point itself).
+    toy_hidden: int
+    toy_depth: int
+    toy_steps: int
+    toy_batch: int
+    # Digits denoiser: "mlp" on the flattened 8x8 image or "unet".
+    digits_net: str
+    digits_hidden: int          # MLP width, or the U-Net's base channels
+    digits_depth: int           # MLP hidden layers (ignored by the U-Net)
+    digits_steps: int
+    digits_batch: int
+    # Feature classifiers for KID/FID on digits.
+    classifier_steps: int
+    # Evaluation.
+    n_eval: int                 # samples per KID/FID estimate
+    ref_steps: int              # the many-step reference sampler
+    ks: tuple                   # K values in the few-step tables
+    learning_rate: float = 1e-3
+
+    @property
+    def n_devices(self) -> int:
+        return jax.device_count()
+
+
+PROFILES = {
+    "smoke": Profile(
+        name="smoke", toy_hidden=64, toy_depth=2, toy_steps=60, toy_batch=128,
+        digits_net="mlp", digits_hidden=128, digits_depth=2, digits_steps=60, digits_batch=64,
+        classifier_steps=40, n_eval=64, ref_steps=20, ks=(2, 5),
+    ),
+    "cpu": Profile(
+        name="cpu", toy_hidden=256, toy_depth=3, toy_steps=8000, toy_batch=512,
+        digits_net="mlp", digits_hidden=512, digits_depth=3, digits_steps=8000, digits_batch=128,
+        classifier_steps=1500, n_eval=1000, ref_steps=1000, ks=(5, 10, 20, 50),
+    ),
+    "accelerator": Profile(
+        name="accelerator", toy_hidden=512, toy_depth=4, toy_steps=30000, toy_batch=2048,
+        digits_net="unet", digits_hidden=64, digits_depth=0, digits_steps=40000, digits_batch=256,
+        classifier_steps=4000, n_eval=2000, ref_steps=1000, ks=(5, 10, 20, 50), learning_rate=3e-4,
+    ),
+}
+
+
+def get_profile(name: str) -> Profile:
+    """The :class:`Profile` called ``name``; raises ``ValueError`` listing the valid names."""
+    if name not in PROFILES:
+        raise ValueError(f"profile must be one of {list(PROFILES)}, got {name!r}")
+    return PROFILES[name]
