@@ -24,6 +24,7 @@ Denoiser = Callable[[jax.Array, jax.Array], jax.Array]
 
 def _bcast(a, z):
     """Broadcast a scalar or per-example array ``a`` against ``z`` of shape (B, ...)."""
+    z = jnp.asarray(z)
     a = jnp.asarray(a, z.dtype)
     return a.reshape(a.shape + (1,) * (z.ndim - a.ndim)) if a.ndim else a
 
@@ -88,15 +89,19 @@ def make_denoiser(apply_fn, params, *, prediction: str = "eps", clip: float | No
     return denoise
 
 
+WEIGHTINGS = ("eps", "v", "snr_trunc", "x")
+
+
 def loss_weight(logsnr, weighting: str):
     """Per-example weight on ``||x - x_hat||^2`` for the denoising loss.
 
-    ``"eps"``: ``SNR`` (equivalent to the eps-MSE of Ho et al.); ``"snr_trunc"``:
-    ``max(SNR, 1)`` (truncated SNR, Salimans & Ho 2022); ``"x"``: 1.
+    ``"eps"``: ``SNR`` (the eps-MSE of Ho et al. 2020); ``"v"``: ``1 + SNR`` (the v-MSE,
+    since ``x - x_hat = sigma (v - v_hat)``); ``"snr_trunc"``: ``max(SNR, 1)`` (truncated SNR,
+    Salimans & Ho 2022, eq. 9); ``"x"``: 1.
     """
-    check_choice(weighting, ("eps", "snr_trunc", "x"), name="weighting")
+    check_choice(weighting, WEIGHTINGS, name="weighting")
     snr = jnp.exp(logsnr)
-    return {"eps": snr, "snr_trunc": jnp.maximum(snr, 1.0), "x": jnp.ones_like(snr)}[weighting]
+    return {"eps": snr, "v": 1.0 + snr, "snr_trunc": jnp.maximum(snr, 1.0), "x": jnp.ones_like(snr)}[weighting]
 
 
 def denoising_loss(apply_fn, params, x, key, *, logsnr_fn, prediction: str = "eps", weighting: str = "eps"):

@@ -1,0 +1,90 @@
+"""Getting results out of a chapter: one figure style, numbers into the prose, tables to JSON.
+
+* :func:`figure` / :func:`save` — every figure goes through one helper and one style and is
+  also written as PNG under ``_build/figures/``.
+* :func:`glue` — a number reaches the prose through myst-nb's ``glue`` (so text and result
+  never disagree); outside a book build it just displays the value.
+* :func:`write_results` — a chapter's tables as one JSON file under ``_build/results/``.
+"""
+from __future__ import annotations
+
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from ddss_lite import paths, store
+
+STYLE = {
+    "figure.dpi": 110, "savefig.dpi": 130, "font.size": 10, "axes.titlesize": 10, "axes.labelsize": 10,
+    "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True, "grid.alpha": 0.3,
+    "legend.frameon": False, "image.cmap": "gray_r",
+}
+
+
+def figure(nrows: int = 1, ncols: int = 1, *, width: float = 3.2, height: float = 2.8, **kw):
+    """A ``(fig, axes)`` pair in the book's style, ``width x height`` inches per panel."""
+    plt.rcParams.update(STYLE)
+    return plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False,
+                        constrained_layout=True, **kw)
+
+
+def save(fig, name: str):
+    """Write ``fig`` to ``_build/figures/{name}.png`` and return the path."""
+    path = paths.build_dir() / "figures" / f"{name}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, bbox_inches="tight")
+    return path
+
+
+def image_grid(ax, images, *, nrow: int | None = None, title: str | None = None):
+    """Tile ``images`` (N, H, W[, 1]) in [-1, 1] into one panel, black digits on white."""
+    x = np.asarray(images)
+    x = x[..., 0] if x.ndim == 4 else x
+    n, h, w = x.shape
+    nrow = nrow or int(np.ceil(np.sqrt(n)))
+    ncol = int(np.ceil(n / nrow))
+    canvas = np.full((nrow * (h + 1) + 1, ncol * (w + 1) + 1), -1.0)
+    for i in range(n):
+        r, c = divmod(i, ncol)
+        canvas[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + c * (w + 1):1 + c * (w + 1) + w] = x[i]
+    ax.imshow(np.clip(canvas, -1, 1), vmin=-1, vmax=1, cmap="gray_r", interpolation="nearest")
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title)
+
+
+def scatter2d(ax, points, *, title: str | None = None, lim: float = 2.5, **kw):
+    """A 2-D point cloud on a square window ``[-lim, lim]^2``."""
+    p = np.asarray(points)
+    ax.scatter(p[:, 0], p[:, 1], s=kw.pop("s", 1.5), alpha=kw.pop("alpha", 0.5), linewidths=0, **kw)
+    ax.set_xlim(-lim, lim)
+    ax.set_ylim(-lim, lim)
+    ax.set_aspect("equal")
+    if title:
+        ax.set_title(title)
+
+
+def glue(name: str, value, *, display: bool = False):
+    """Make ``value`` available to the prose as ``{glue:}`name``` (myst-nb); returns ``value``."""
+    try:
+        from myst_nb import glue as _glue
+    except ImportError:  # e.g. in Colab without the book extras
+        print(f"{name} = {value}")
+        return value
+    _glue(name, value, display=display)
+    return value
+
+
+def write_results(chapter: str, results: dict):
+    """Write ``results`` (JSON-serialisable) to ``_build/results/{chapter}.json`` atomically."""
+    path = paths.results_dir() / f"{chapter}.json"
+    store.atomic_write_json(path, results)
+    return path
+
+
+def markdown_table(rows: list[dict], columns: list[str]) -> str:
+    """A Markdown table of ``rows`` (dicts) with the given column order."""
+    fmt = lambda v: f"{v:.4g}" if isinstance(v, (float, np.floating)) else str(v)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)

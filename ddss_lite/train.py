@@ -1,0 +1,100 @@
+"""Training with optax: one jitted step, a Python loop with a progress bar, EMA weights,
+periodic atomic checkpoints with resume, and a load-or-train cache keyed by the config.
+
+Determinism: the minibatch and noise of step ``i`` come from ``fold_in(key, i)``, so a
+run resumed from a checkpoint at step ``i`` continues exactly as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import logging
+import pathlib
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+from ddss_lite import store
+from ddss_lite.validate import check_K
+
+log = logging.getLogger(__name__)
+
+
+class TrainState(NamedTuple):
+    step: jax.Array          # int32 scalar: optimisation steps done
+    params: dict
+    ema_params: dict
+    opt_state: optax.OptState
+    losses: jax.Array        # (steps,) loss of every step; entries >= step are 0
+
+
+def init_state(params, optimizer: optax.GradientTransformation, steps: int) -> TrainState:
+    return TrainState(jnp.zeros((), jnp.int32), params, params, optimizer.init(params), jnp.zeros((steps,), jnp.float32))
+
+
+def make_step(loss_fn: Callable, optimizer: optax.GradientTransformation, ema_decay: float):
+    """A jitted step: ``loss_fn(params, key) -> scalar``; EMA ``ema <- d ema + (1 - d) params``."""
+
+    @jax.jit
+    def step(state: TrainState, key):
+        loss, grads = jax.value_and_grad(loss_fn)(state.params, key)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        ema = jax.tree_util.tree_map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state.ema_params, params)
+        return TrainState(state.step + 1, params, ema, opt_state, state.losses.at[state.step].set(loss))
+
+    return step
+
+
+def fit(loss_fn: Callable, params, *, key, steps: int, optimizer: optax.GradientTransformation,
+        ema_decay: float = 0.999, ckpt_path=None, ckpt_every: int = 1000, config: dict | None = None,
+        desc: str = "train", stop_after: int | None = None) -> TrainState:
+    """Minimise ``loss_fn(params, key_i)`` for ``steps`` steps with ``key_i = fold_in(key, i)``.
+
+    With ``ckpt_path`` the state is written atomically every ``ckpt_every`` steps and at the
+    end, and a valid checkpoint for the same ``config`` is resumed from. ``stop_after`` ends
+    the loop early (after that many steps in total) as an interruption would; used by tests.
+    """
+    check_K(steps, name="steps")
+    check_K(ckpt_every, name="ckpt_every")
+    config = dict(config or {})
+    state = init_state(params, optimizer, steps)
+    if ckpt_path is not None and pathlib.Path(ckpt_path).exists():
+        try:
+            state = store.load_state(ckpt_path, state, config=config)
+            log.info("resumed %s at step %d", ckpt_path, int(state.step))
+        except store.CorruptFile as e:
+            log.warning("ignoring checkpoint: %s", e)
+            state = init_state(params, optimizer, steps)
+    step_fn = make_step(loss_fn, optimizer, ema_decay)
+    start = int(state.step)
+    end = steps if stop_after is None else min(steps, stop_after)
+    with tqdm(total=steps, initial=start, desc=desc, mininterval=2.0, leave=False) as bar:
+        for i in range(start, end):
+            state = step_fn(state, jax.random.fold_in(key, i))
+            if (i + 1) % 100 == 0 or i + 1 == end:
+                bar.update(i + 1 - bar.n)
+                bar.set_postfix(loss=f"{float(state.losses[i]):.4f}", refresh=False)
+                if not np.isfinite(float(state.losses[i])):
+                    raise FloatingPointError(f"{desc}: loss is not finite at step {i}")
+            if ckpt_path is not None and ((i + 1) % ckpt_every == 0 or i + 1 == end):
+                store.save_state(ckpt_path, state, config=config)
+    return state
+
+
+def load_or_train(name: str, config: dict, init_params: Callable[[], dict], loss_fn: Callable, *,
+                  cache_dir, optimizer: optax.GradientTransformation, ema_decay: float = 0.999,
+                  ckpt_every: int = 1000, key) -> TrainState:
+    """Train under ``cache_dir/{name}-{hash(config)}.ckpt``, or load it when complete and valid.
+
+    The file doubles as the checkpoint: an interrupted run resumes from it; a corrupt
+    or stale file is reported and retrained, never loaded. ``config`` must contain
+    everything that determines the result (including ``steps``).
+    """
+    steps = int(config["steps"])
+    path = pathlib.Path(cache_dir) / f"{name}-{store.config_hash(config)}.ckpt"
+    return fit(loss_fn, init_params(), key=key, steps=steps, optimizer=optimizer, ema_decay=ema_decay,
+               ckpt_path=path, ckpt_every=ckpt_every, config=config, desc=name)
+

@@ -1,0 +1,106 @@
+"""Schedules, the forward process, conversions, profiles and input checks."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ddss_lite import diffusion, schedules
+from ddss_lite.profiles import PROFILES, get_profile
+
+
+def test_cosine_schedule_endpoints_monotone_and_inverse():
+    t = np.linspace(0, 1, 1001)
+    lam = np.asarray(schedules.logsnr_cosine(t))
+    assert np.all(np.diff(lam) < 0)
+    assert lam[0] == pytest.approx(schedules.LOGSNR_MAX, abs=1e-3)
+    # float32 tan() near pi/2 costs ~1e-3 in log-SNR at the noisy end; harmless at lambda = -20.
+    assert lam[-1] == pytest.approx(schedules.LOGSNR_MIN, abs=2e-3)
+    np.testing.assert_allclose(schedules.t_from_logsnr_cosine(lam), t, atol=1e-5)
+    # The unclipped cosine schedule has alpha_t = cos(pi t / 2) up to the clipping offsets.
+    a, _ = schedules.alpha_sigma(schedules.logsnr_cosine(0.5, logsnr_min=-60, logsnr_max=60))
+    assert float(a) == pytest.approx(np.cos(np.pi / 4), abs=1e-5)
+
+
+def test_alpha_sigma_variance_preserving():
+    lam = jnp.linspace(-20, 20, 101)
+    a, s = schedules.alpha_sigma(lam)
+    np.testing.assert_allclose(a**2 + s**2, 1.0, atol=1e-6)
+    np.testing.assert_allclose(jnp.log(a**2 / s**2)[20:80], lam[20:80], atol=1e-4)
+
+
+def test_ddpm_schedule_matches_cumprod_definition():
+    lam = schedules.ddpm_logsnr(1000)
+    betas = np.linspace(1e-4, 0.02, 1000)
+    abar = np.cumprod(1 - betas)
+    np.testing.assert_allclose(lam, np.log(abar / (1 - abar)), rtol=1e-10)
+    assert np.all(np.diff(lam) < 0) and lam.shape == (1000,)
+    # Known endpoints of the linear schedule: alpha_bar_1 = 1 - 1e-4, alpha_bar_T ~ 4.0e-5.
+    assert lam[0] == pytest.approx(np.log((1 - 1e-4) / 1e-4))
+    assert abar[-1] == pytest.approx(4.04e-5, rel=0.01)
+
+
+@pytest.mark.parametrize("kind", ["even", "quadratic"])
+def test_grids_increasing_with_right_endpoints(kind):
+    g = schedules.grid(7, kind=kind)
+    assert g.shape == (8,)
+    assert np.all(np.diff(g) > 0)
+    assert float(g[0]) == pytest.approx(schedules.LOGSNR_MIN, abs=1e-2)
+    assert float(g[-1]) == pytest.approx(schedules.LOGSNR_MAX, abs=1e-2)
+
+
+def test_forward_marginals():
+    key = jax.random.PRNGKey(0)
+    x = jnp.full((200_000, 1), -0.4)
+    for lam in (-3.0, 0.0, 2.5):
+        z = diffusion.q_sample(x, jax.random.normal(jax.random.fold_in(key, int(lam * 10) + 100), x.shape), lam)
+        a, s = schedules.alpha_sigma(lam)
+        assert float(z.mean()) == pytest.approx(float(-0.4 * a), abs=5 * float(s) / np.sqrt(x.shape[0]))
+        assert float(z.std()) == pytest.approx(float(s), rel=0.01)
+
+
+def test_conversions_round_trip():
+    k1, k2, k3 = jax.random.split(jax.random.PRNGKey(1), 3)
+    x = jax.random.normal(k1, (16, 8, 8, 1))
+    eps = jax.random.normal(k2, x.shape)
+    lam = jax.random.uniform(k3, (16,), minval=-8, maxval=8)
+    z = diffusion.q_sample(x, eps, lam)
+    v = diffusion.v_from_x_eps(x, eps, lam)
+    np.testing.assert_allclose(diffusion.x_from_eps(z, eps, lam), x, atol=2e-3)
+    np.testing.assert_allclose(diffusion.eps_from_x(z, x, lam), eps, atol=2e-3)
+    np.testing.assert_allclose(diffusion.x_from_v(z, v, lam), x, atol=1e-5)
+    np.testing.assert_allclose(diffusion.eps_from_v(z, v, lam), eps, atol=1e-5)
+
+
+def test_denoiser_adapters_agree():
+    """An eps-, x- and v-network that are exact for a point mass all give x_hat = m."""
+    m = 0.3
+    for pred, out in {"eps": lambda z, lam: diffusion.eps_from_x(z, m, lam), "x": lambda z, lam: jnp.full_like(z, m),
+                      "v": lambda z, lam: diffusion.v_from_x_eps(jnp.full_like(z, m), diffusion.eps_from_x(z, m, lam), lam)}.items():
+        den = diffusion.make_denoiser(lambda p, z, lam: out(z, lam), None, prediction=pred)
+        z = jax.random.normal(jax.random.PRNGKey(2), (5, 3))
+        np.testing.assert_allclose(den(z, 1.0), m, atol=1e-5)
+
+
+def test_eps_weighting_equals_eps_mse():
+    """w = SNR on ||x - x_hat||^2 is exactly the eps-prediction MSE."""
+    k = jax.random.split(jax.random.PRNGKey(3), 3)
+    z, eps, eps_hat = (jax.random.normal(ki, (4, 6)) for ki in k)
+    lam = jnp.array([-2.0, 0.0, 1.0, 3.0])
+    x, x_hat = diffusion.x_from_eps(z, eps, lam), diffusion.x_from_eps(z, eps_hat, lam)
+    lhs = diffusion.loss_weight(lam, "eps") * jnp.mean((x - x_hat) ** 2, 1)
+    np.testing.assert_allclose(lhs, jnp.mean((eps - eps_hat) ** 2, 1), rtol=1e-4)
+
+
+def test_profiles_and_bad_inputs():
+    assert set(PROFILES) == {"smoke", "cpu", "accelerator"}
+    assert get_profile("cpu").name == "cpu"
+    with pytest.raises(ValueError, match="smoke.*cpu.*accelerator"):
+        get_profile("gpu")
+    with pytest.raises(ValueError, match="K must be an integer >= 1"):
+        schedules.grid(0)
+    with pytest.raises(ValueError, match="kind must be one of"):
+        schedules.grid(5, kind="cubic")
+    with pytest.raises(ValueError, match="prediction must be one of"):
+        diffusion.to_x_hat("score")
+    with pytest.raises(ValueError, match="weighting must be one of"):
+        diffusion.loss_weight(0.0, "snr2")
