@@ -50,6 +50,7 @@ def execute(nb: str, out: pathlib.Path, *, profile: str, build_dir: pathlib.Path
 
 def stage(src_dir: pathlib.Path) -> None:
     """Copy the book's non-notebook sources next to the executed notebooks."""
+    src_dir.mkdir(parents=True, exist_ok=True)
     for name in ("_config.yml", "_toc.yml"):
         shutil.copy2(ROOT / name, src_dir / name)
     for f in (ROOT / "book").iterdir():

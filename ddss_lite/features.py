@@ -38,10 +38,14 @@ def rff(key, *, in_dim: int = 2, n_features: int = 256, bandwidth: float = 0.5, 
     return FeatureMap(name, phi, n_features)
 
 
-def classifier_features(module: nn.Module, params, *, input_shape: tuple, name: str,
+def classifier_features(module: nn.Module, params, *, input_shape: tuple, name: str, scale: float = 1.0,
                         test_accuracy: float | None = None) -> FeatureMap:
-    """The penultimate activations ``module.apply(params, x, features=True)`` as a feature map."""
-    phi = lambda x: module.apply({"params": params}, x, features=True)
+    """The penultimate activations ``module.apply(params, x, features=True) / scale`` as a feature map.
+
+    A constant ``scale`` (e.g. the features' RMS on training data) puts ``a . b / d`` near 1, so
+    cubic-kernel KID values are of order one; it changes no comparison between samplers.
+    """
+    phi = lambda x: module.apply({"params": params}, x, features=True) / scale
     dim = int(jax.eval_shape(phi, jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)).shape[-1])
     return FeatureMap(name, phi, dim, test_accuracy)
 

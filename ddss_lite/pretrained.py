@@ -106,7 +106,8 @@ def digit_classifiers(profile: Profile) -> dict[str, FeatureMap]:
     trained digit classifiers (an MLP and a CNN, different seeds), with their test accuracies.
 
     Training adds light Gaussian pixel noise (std 0.1) so features stay meaningful on samples
-    that are slightly off the data manifold.
+    that are slightly off the data manifold. Features are divided by their RMS on the training
+    digits (a fixed constant per network).
     """
     split = data.load_digits_split()
     x, y = jnp.asarray(split.x_train), jnp.asarray(split.y_train)
@@ -128,6 +129,8 @@ def digit_classifiers(profile: Profile) -> dict[str, FeatureMap]:
                               optimizer=optax.adam(1e-3), ema_decay=0.0,
                               ckpt_every=max(100, profile.classifier_steps), key=jax.random.fold_in(key, 1))
         acc = accuracy(module, state.params, split.x_test, split.y_test)
-        out[role] = classifier_features(module, state.params, input_shape=tuple(x.shape[1:]),
+        raw = module.apply({"params": state.params}, x, features=True)
+        scale = float(jnp.sqrt(jnp.mean(jnp.square(raw)))) + 1e-8   # RMS feature on training digits
+        out[role] = classifier_features(module, state.params, input_shape=tuple(x.shape[1:]), scale=scale,
                                         name=f"{role}-{type(module).__name__}", test_accuracy=acc)
     return out

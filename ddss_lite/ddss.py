@@ -1,0 +1,160 @@
+"""Differentiable Diffusion Sampler Search (DDSS; Watson et al. 2022, section 3).
+
+Optimise the parameters ``theta`` of a learnable sampler family (GGDM, RDDIM) for a fixed,
+pre-trained denoiser by gradient descent on sample quality:
+
+    theta* = argmin_theta  KID_phi( sample_theta(denoise, xi), x_real )
+
+* the samples are a differentiable function of ``theta`` given the noise ``xi`` (the
+  reparameterisation trick): the whole K-step chain is unrolled and backpropagated through;
+* each step's network call is rematerialised (``jax.checkpoint``), so memory stays O(1) in
+  network activations per step instead of O(K);
+* the loss is KID with the linear kernel ``k(a, b) = phi(a) . phi(b)`` on a classifier's
+  penultimate features ``phi`` (the paper's best choice); the real-real term is constant and
+  dropped (:func:`ddss_lite.metrics.kid_linear_loss`). ``kernel="cubic"`` uses the full
+  unbiased cubic-kernel KID instead (an ablation).
+
+Fresh noise is drawn at every optimisation step (``fold_in(key, step)``); the search starts
+from the family's DDIM initialisation, so step 0 *is* DDIM.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import pathlib
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+from ddss_lite import metrics, samplers, store
+from ddss_lite.validate import check_choice, check_finite, check_K
+
+log = logging.getLogger(__name__)
+
+KERNELS = ("linear", "cubic")
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchResult:
+    """The optimised parameters and the optimisation history.
+
+    ``loss[i]`` is the training loss at step i; ``eval_steps``/``eval_values`` hold the
+    ``eval_fn`` value (e.g. held-out KID on fixed noise) every ``eval_every`` steps, step 0
+    being the initialisation.
+    """
+
+    params: dict
+    loss: np.ndarray
+    eval_steps: np.ndarray
+    eval_values: np.ndarray
+
+
+def make_loss(family, denoise: Callable, phi: Callable, real_feats, shape: tuple, *, kernel: str = "linear",
+              remat: bool = True) -> Callable:
+    """``loss(params, key) -> scalar``: KID (``kernel``) between ``phi`` of fresh samples and ``real_feats``."""
+    check_choice(kernel, KERNELS, name="kernel")
+    real = jnp.asarray(real_feats)
+
+    def loss(params, key):
+        x = family.sample(params, denoise, key, shape, remat=remat)
+        f = phi(x)
+        return metrics.kid_linear_loss(f, real) if kernel == "linear" else metrics.kid(f, real, kernel="cubic")
+
+    return loss
+
+
+def _nonfinite_leaves(tree) -> list[str]:
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return [jax.tree_util.keystr(p) for p, v in flat if not np.all(np.isfinite(np.asarray(v)))]
+
+
+def search(family, denoise: Callable, phi: Callable, real_feats, *, K: int, shape: tuple, key,
+           optimizer: optax.GradientTransformation, steps: int, kernel: str = "linear",
+           learn_logsnrs: bool = False, init_params: dict | None = None, remat: bool = True,
+           eval_fn: Callable | None = None, eval_every: int = 25, ckpt_path=None, ckpt_every: int = 50,
+           config: dict | None = None, desc: str = "ddss", stop_after: int | None = None) -> SearchResult:
+    """Run DDSS: ``steps`` Adam (or any optax) steps on the KID of ``shape``-sized sample batches.
+
+    Args:
+      family: :class:`ddss_lite.samplers.GGDM` or :class:`~ddss_lite.samplers.RDDIM` (or a name).
+      denoise: the pre-trained ``denoise(z, logsnr) -> x_hat``.
+      phi: feature map ``x -> (N, d)`` the loss is computed in (the *optimisation* features).
+      real_feats: ``(M, d)`` features of real data.
+      K: sampler steps; the search starts from ``family.init_from_ddim(K)`` unless ``init_params``.
+      shape: the batch of samples per optimisation step, e.g. ``(256, 8, 8, 1)``.
+      eval_fn: ``params -> float`` evaluated every ``eval_every`` steps and at the end.
+      ckpt_path: where the search state is written atomically every ``ckpt_every`` steps; a
+        valid checkpoint for the same ``config`` is resumed from.
+      stop_after: stop after this many steps in total, as an interruption would (tests).
+
+    Raises ``FloatingPointError`` naming the step if the loss or a gradient is NaN/Inf.
+    """
+    family = samplers.get_family(family) if isinstance(family, str) else family
+    K = check_K(K)
+    steps = check_K(steps, name="steps")
+    check_K(eval_every, name="eval_every")
+    check_choice(kernel, KERNELS, name="kernel")
+    check_finite(real_feats, name="real_feats")
+    if init_params is None:
+        init_params = (family.init_from_ddim(K, learn_logsnrs=True) if learn_logsnrs
+                       else family.init_from_ddim(K))
+    elif family.num_steps(init_params) != K:
+        raise ValueError(f"init_params has {family.num_steps(init_params)} steps, but K = {K}")
+    check_finite(init_params, name="init_params")
+
+    loss_fn = make_loss(family, denoise, phi, real_feats, shape, kernel=kernel, remat=remat)
+    n_evals = steps // eval_every + 2
+    state = {"step": jnp.zeros((), jnp.int32), "params": init_params, "opt_state": optimizer.init(init_params),
+             "loss": jnp.zeros((steps,), jnp.float32), "eval_steps": -jnp.ones((n_evals,), jnp.int32),
+             "eval_values": jnp.full((n_evals,), jnp.nan, jnp.float32)}
+    config = dict(config or {}, K=K, steps=steps, kernel=kernel, learn_logsnrs=learn_logsnrs, family=family.name)
+    if ckpt_path is not None and pathlib.Path(ckpt_path).exists():
+        try:
+            state = jax.tree_util.tree_map(jnp.asarray, store.load_state(ckpt_path, state, config=config))
+            log.info("resumed search %s at step %d", ckpt_path, int(state["step"]))
+        except store.CorruptFile as e:
+            log.warning("ignoring search checkpoint: %s", e)
+
+    @jax.jit
+    def update(params, opt_state, key):
+        loss, grads = jax.value_and_grad(loss_fn)(params, key)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss, grads
+
+    def record_eval(state, step):
+        if eval_fn is None:
+            return state
+        j = int(np.sum(np.asarray(state["eval_steps"]) >= 0))
+        if j and int(state["eval_steps"][j - 1]) == step:
+            return state
+        return dict(state, eval_steps=state["eval_steps"].at[j].set(step),
+                    eval_values=state["eval_values"].at[j].set(float(eval_fn(state["params"]))))
+
+    start = int(state["step"])
+    end = steps if stop_after is None else min(steps, stop_after)
+    if start == 0:
+        state = record_eval(state, 0)
+    with tqdm(total=steps, initial=start, desc=desc, mininterval=2.0, leave=False) as bar:
+        for i in range(start, end):
+            params, opt_state, loss, grads = update(state["params"], state["opt_state"], jax.random.fold_in(key, i))
+            loss = float(loss)
+            if not np.isfinite(loss):
+                raise FloatingPointError(f"{desc}: the loss is {loss} at step {i}")
+            bad = _nonfinite_leaves(grads)
+            if bad:
+                raise FloatingPointError(f"{desc}: gradient of {', '.join(bad)} is not finite at step {i}")
+            state = dict(state, step=jnp.asarray(i + 1, jnp.int32), params=params, opt_state=opt_state,
+                         loss=state["loss"].at[i].set(loss))
+            if (i + 1) % eval_every == 0 or i + 1 == steps:
+                state = record_eval(state, i + 1)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
+            if ckpt_path is not None and ((i + 1) % ckpt_every == 0 or i + 1 == end):
+                store.save_state(ckpt_path, state, config=config)
+    keep = np.asarray(state["eval_steps"]) >= 0
+    return SearchResult(state["params"], np.asarray(state["loss"]), np.asarray(state["eval_steps"])[keep],
+                        np.asarray(state["eval_values"])[keep])
