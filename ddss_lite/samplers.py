@@ -1,0 +1,530 @@
+"""Samplers for any denoiser ``denoise(z, logsnr) -> x_hat``, counted in network evaluations (NFE).
+
+Grid and indexing (shared by every sampler). ``logsnrs`` has shape (K+1,) and is
+strictly increasing: ``logsnrs[0]`` is the noisiest point (t = 1, default -20),
+``logsnrs[K]`` the cleanest (t = 0, default +20); :func:`ddss_lite.schedules.grid`
+gives the default. Step ``i = 0 .. K-1`` maps the state ``z_i`` at
+``lambda_t = logsnrs[i]`` to ``z_{i+1}`` at ``lambda_s = logsnrs[i+1]`` (s is the
+cleaner time, as in DESIGN.md section 4). The chain starts at ``z_0 ~ N(0, I)``.
+
+Output. Every sampler returns the final state ``z_K`` at ``logsnrs[K]`` (at
+logsnr 20 it equals the last ``x_hat`` up to ``sigma = e^-10 ~ 4.5e-5`` times
+the last ``eps_hat``); with ``return_trajectory=True`` it returns
+``(z_K, trajectory)`` where ``trajectory[i] = z_i`` has shape (K+1, *shape).
+
+Randomness (see :mod:`ddss_lite.chain`): ``key_prior, key_steps = split(key)``;
+``z_0`` from ``key_prior``; step i's noise from ``fold_in(key_steps, i)``; row n
+of each draw from ``fold_in(., n)``. Samples do not depend on batch size.
+
+Fixed samplers share one signature,
+``sample(denoise, key, shape, *, logsnrs, remat=True, return_trajectory=False, z_init=None, dtype=None, ...)``;
+learnable families (:class:`RDDIM`, :class:`GGDM`) are namespaces of pure functions
+``init_from_ddim(K, *, logsnrs=None)``, ``init_from_ddpm(K, *, logsnrs=None)`` and
+``sample(params, denoise, key, shape, *, remat=True, return_trajectory=False, z_init=None)``.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ddss_lite import chain
+from ddss_lite.schedules import alpha_sigma, grid
+from ddss_lite.validate import check_finite, check_increasing, check_K, check_shape
+
+__all__ = [
+    "ddim_coefficients",
+    "ddpm",
+    "ddim",
+    "dpm_solver_pp_2m",
+    "heun",
+    "RDDIM",
+    "GGDM",
+    "Sampler",
+    "SAMPLERS",
+    "FAMILIES",
+    "get_sampler",
+    "get_family",
+    "nfe",
+]
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _concrete(x) -> bool:
+    """True when no leaf of ``x`` is a tracer (value checks only run on concrete inputs)."""
+    return not any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(x))
+
+
+def _check_logsnrs(logsnrs, dtype):
+    """``logsnrs`` must be 1-D, length K+1 >= 2, strictly increasing (checked when concrete)."""
+    if logsnrs is None:
+        raise ValueError("logsnrs is required: a strictly increasing (K+1,) grid, e.g. schedules.grid(K)")
+    if _concrete(logsnrs):
+        check_increasing(logsnrs, name="logsnrs")
+    logsnrs = jnp.asarray(logsnrs, dtype)
+    if logsnrs.ndim != 1 or logsnrs.shape[0] < 2:
+        raise ValueError(f"logsnrs must be a 1-D array of length K+1 >= 2, got shape {logsnrs.shape}")
+    return logsnrs
+
+
+def _check_eta(eta):
+    if _concrete(eta):
+        check_finite(eta, name="eta")
+        e = np.asarray(eta)
+        if e.ndim != 0 or not 0.0 <= float(e) <= 1.0:
+            raise ValueError(f"eta must be a scalar in [0, 1], got {eta!r}")
+    return eta
+
+
+def _setup(key, shape, z_init, dtype):
+    """Validate ``shape``/``z_init``; return ``(z_0, key_steps, dtype)``."""
+    shape = chain.check_sample_shape(shape)
+    key_prior, key_steps = chain.split_key(key)
+    if z_init is None:
+        dtype = chain.default_dtype() if dtype is None else jnp.dtype(dtype)
+        z0 = chain.normal_rows(key_prior, shape, dtype)
+    else:
+        check_shape(z_init, shape, name="z_init")
+        z0 = jnp.asarray(z_init, dtype)
+        dtype = z0.dtype
+    return z0, key_steps, dtype
+
+
+def _denoise(denoise, z, logsnr):
+    """Call ``denoise(z, logsnr)`` and check that ``x_hat`` has the shape of ``z``."""
+    x_hat = denoise(z, logsnr)
+    if jnp.shape(x_hat) != z.shape:
+        raise ValueError(f"denoise(z, logsnr) must return x_hat of shape {z.shape}, got {jnp.shape(x_hat)}")
+    return jnp.asarray(x_hat, z.dtype)
+
+
+def _finish(z, trajectory, return_trajectory):
+    return (z, trajectory) if return_trajectory else z
+
+
+def _with_start(z0, ys):
+    """Trajectory ``(K+1, *shape)``: the initial state followed by the K stacked step outputs."""
+    return jnp.concatenate([z0[None], ys], axis=0)
+
+
+# --------------------------------------------------------------------------- DDPM / DDIM(eta)
+
+
+def ddim_coefficients(*, logsnr_t, logsnr_s, eta=0.0):
+    """Coefficients ``(mu, nu, c)`` of the DDIM(eta) step ``z_s = mu x_hat + nu z_t + c xi``.
+
+    With ``r = exp(lambda_t - lambda_s) = alpha_{t|s}^2 sigma_s^2 / sigma_t^2`` (so the
+    posterior variance of DESIGN.md section 4 is ``sigma_{t|s}^2 sigma_s^2 / sigma_t^2
+    = (1 - r) sigma_s^2``):
+
+        c^2 = eta^2 (1 - r) sigma_s^2,
+        nu  = sqrt(sigma_s^2 - c^2) / sigma_t = (sigma_s / sigma_t) sqrt(1 - eta^2 (1 - r)),
+        mu  = alpha_s - nu alpha_t = alpha_s (1 - r)(1 + eta^2 r) / (1 + sqrt(r (1 - eta^2 (1 - r)))),
+
+    i.e. ``z_s = alpha_s x_hat + sqrt(sigma_s^2 - c^2) eps_hat + c xi`` with
+    ``eps_hat = (z_t - alpha_t x_hat) / sigma_t`` (Song et al. 2021, DDIM, eq. 12).
+    ``eta = 0``: ``mu = alpha_s - alpha_t sigma_s / sigma_t``, ``nu = sigma_s / sigma_t``, ``c = 0``.
+    ``eta = 1``: ``mu = alpha_s sigma_{t|s}^2 / sigma_t^2``, ``nu = alpha_{t|s} sigma_s^2 / sigma_t^2``,
+    ``c^2 = sigma_{t|s}^2 sigma_s^2 / sigma_t^2``: the posterior ``q(z_s | z_t, x = x_hat)``, i.e.
+    DDPM ancestral sampling (Ho et al. 2020, eq. 6-7). The second form of ``mu`` avoids cancellation.
+    """
+    logsnr_t, logsnr_s = jnp.asarray(logsnr_t), jnp.asarray(logsnr_s)
+    eta = jnp.asarray(eta, logsnr_t.dtype)
+    alpha_t, sigma_t = alpha_sigma(logsnr_t)
+    alpha_s, sigma_s = alpha_sigma(logsnr_s)
+    r = jnp.exp(logsnr_t - logsnr_s)
+    one_minus_r = -jnp.expm1(logsnr_t - logsnr_s)     # both forms: r and 1 - r can each be tiny
+    keep = 1.0 - eta**2 * one_minus_r               # (sigma_s^2 - c^2) / sigma_s^2
+    nu = sigma_s / sigma_t * jnp.sqrt(keep)
+    mu = alpha_s * one_minus_r * (1.0 + eta**2 * r) / (1.0 + jnp.sqrt(r * keep))
+    c = eta * jnp.sqrt(one_minus_r) * sigma_s
+    return mu, nu, c
+
+
+def _markov_chain(denoise, z0, key_steps, *, logsnrs, mu, nu, s, stochastic, remat, return_trajectory):
+    """The one-step-memory chain ``z_{i+1} = mu_i x_hat(z_i, lambda_i) + nu_i z_i + s_i xi_i``."""
+
+    def step(z, p, key_i):
+        logsnr_t, mu_i, nu_i, s_i = p
+        z_next = mu_i * _denoise(denoise, z, logsnr_t) + nu_i * z
+        if stochastic:
+            z_next = z_next + s_i * chain.normal_rows(key_i, z.shape, z.dtype)
+        return z_next, (z_next if return_trajectory else None)
+
+    per_step = (logsnrs[:-1], mu, nu, s)
+    z, ys = chain.scan_chain(step, z0, per_step, key=key_steps, remat=remat)
+    return _finish(z, _with_start(z0, ys) if return_trajectory else None, return_trajectory)
+
+
+def ddim(denoise, key, shape, *, logsnrs, eta=0.0, remat: bool = True, return_trajectory: bool = False,
+         z_init=None, dtype=None):
+    """DDIM(eta) sampler: ``z_s = alpha_s x_hat + sqrt(sigma_s^2 - c^2) eps_hat + c xi`` per step.
+
+    ``c = eta * sqrt(sigma_{t|s}^2 sigma_s^2 / sigma_t^2)`` (see :func:`ddim_coefficients`);
+    ``eta = 0`` is deterministic DDIM, ``eta = 1`` is DDPM ancestral sampling.
+    Song et al. 2021 (DDIM), eq. 12 and 16. NFE = K.
+    """
+    z0, key_steps, dtype = _setup(key, shape, z_init, dtype)
+    logsnrs = _check_logsnrs(logsnrs, dtype)
+    _check_eta(eta)
+    mu, nu, s = ddim_coefficients(logsnr_t=logsnrs[:-1], logsnr_s=logsnrs[1:], eta=eta)
+    stochastic = not (_concrete(eta) and float(eta) == 0.0)
+    return _markov_chain(denoise, z0, key_steps, logsnrs=logsnrs, mu=mu, nu=nu, s=s, stochastic=stochastic,
+                         remat=remat, return_trajectory=return_trajectory)
+
+
+def ddpm(denoise, key, shape, *, logsnrs, remat: bool = True, return_trajectory: bool = False,
+         z_init=None, dtype=None):
+    """DDPM ancestral sampling: ``z_s ~ q(z_s | z_t, x = x_hat(z_t))`` on the grid ``logsnrs``.
+
+    Posterior mean ``alpha_{t|s} sigma_s^2/sigma_t^2 z_t + alpha_s sigma_{t|s}^2/sigma_t^2 x_hat``,
+    variance ``sigma_{t|s}^2 sigma_s^2 / sigma_t^2`` (Ho et al. 2020, eq. 6-7; Kingma et al.
+    2021, VDM eq. 9). Identical to :func:`ddim` with ``eta = 1``. NFE = K.
+    """
+    return ddim(denoise, key, shape, logsnrs=logsnrs, eta=1.0, remat=remat,
+                return_trajectory=return_trajectory, z_init=z_init, dtype=dtype)
+
+
+# --------------------------------------------------------------------------- modern baselines
+
+
+def dpm_solver_pp_2m(denoise, key, shape, *, logsnrs, remat: bool = True, return_trajectory: bool = False,
+                     z_init=None, dtype=None):
+    """DPM-Solver++(2M): multistep second-order solver of the probability-flow ODE in data prediction.
+
+    In half-log-SNR ``l = lambda / 2 = log(alpha / sigma)``, ``h_i = l_{i+1} - l_i``:
+
+        D_i = x_hat_i                                         (i = 0: first order, = DDIM)
+        D_i = (1 + 1/(2 r_i)) x_hat_i - 1/(2 r_i) x_hat_{i-1},  r_i = h_{i-1} / h_i   (i >= 1)
+        z_{i+1} = (sigma_{i+1} / sigma_i) z_i - alpha_{i+1} expm1(-h_i) D_i
+
+    Lu et al. 2022 (DPM-Solver++), Algorithm 2. Second order on every later step,
+    including the last (no "lower order final"). NFE = K.
+    """
+    z0, key_steps, dtype = _setup(key, shape, z_init, dtype)
+    logsnrs = _check_logsnrs(logsnrs, dtype)
+    logsnr_t, logsnr_s = logsnrs[:-1], logsnrs[1:]
+    alpha_s, sigma_s = alpha_sigma(logsnr_s)
+    _, sigma_t = alpha_sigma(logsnr_t)
+    h = 0.5 * (logsnr_s - logsnr_t)
+    a = sigma_s / sigma_t
+    b = -alpha_s * jnp.expm1(-h)
+    w = jnp.concatenate([jnp.zeros((1,), dtype), 0.5 * h[1:] / h[:-1]])   # 1 / (2 r_i); 0 at the first step
+
+    def step(carry, p, key_i):
+        z, x_prev = carry
+        logsnr_i, a_i, b_i, w_i = p
+        x_hat = _denoise(denoise, z, logsnr_i)
+        z_next = a_i * z + b_i * ((1.0 + w_i) * x_hat - w_i * x_prev)
+        return (z_next, x_hat), (z_next if return_trajectory else None)
+
+    (z, _), ys = chain.scan_chain(step, (z0, jnp.zeros_like(z0)), (logsnr_t, a, b, w), key=key_steps, remat=remat)
+    return _finish(z, _with_start(z0, ys) if return_trajectory else None, return_trajectory)
+
+
+def _heun_flags(K, first_euler, last_euler):
+    """Per-step True where the Heun correction is applied (False: an Euler step)."""
+    flags = np.ones(K, bool)
+    if first_euler:
+        flags[0] = False
+    if last_euler:
+        flags[-1] = False
+    return flags
+
+
+def heun(denoise, key, shape, *, logsnrs, first_euler: bool = True, last_euler: bool = True,
+         remat: bool = True, return_trajectory: bool = False, z_init=None, dtype=None):
+    """Heun's second-order method on the probability-flow ODE in VE sigma-space (EDM).
+
+    With ``x = z / alpha`` and ``sigma_ve = sigma / alpha = exp(-lambda / 2)`` the ODE is
+    ``dx/dsigma_ve = (x - x_hat(z, lambda)) / sigma_ve = eps_hat``. One step t -> s:
+
+        x_e = x_t + (sigma_s - sigma_t) eps_hat(z_t)                     (Euler; in VP form DDIM)
+        x_s = x_t + (sigma_s - sigma_t) (eps_hat(z_t) + eps_hat(alpha_s x_e)) / 2   (Heun)
+
+    evaluated in the VP form ``z_s = z_e - sigma_s expm1(h) (eps_hat_s - eps_hat_t) / 2``,
+    ``h = (lambda_s - lambda_t)/2``, which has no cancellation. Karras et al. 2022 (EDM),
+    Algorithm 1. As there, the last step is Euler (``last_euler``): eps_hat at the cleanest
+    point (sigma ~ 4.5e-5) is ill-conditioned. Unlike there, the *first* step is also Euler
+    by default (``first_euler``): from logsnr -20, sigma_ve = e^10 ~ 2.2e4 and the first
+    step shrinks it a thousand-fold, where the trapezoid rule amplifies
+    ``x_hat_t - x_hat_s`` by ``sigma_t / sigma_s`` (on Gaussian data, K = 5: relative error
+    ~80 instead of ~0.1; EDM starts at sigma_max = 80). NFE = number of steps + number of
+    Heun steps (:func:`heun_nfe`).
+    """
+    z0, key_steps, dtype = _setup(key, shape, z_init, dtype)
+    logsnrs = _check_logsnrs(logsnrs, dtype)
+    K = logsnrs.shape[0] - 1
+    logsnr_t, logsnr_s = logsnrs[:-1], logsnrs[1:]
+    mu, nu, _ = ddim_coefficients(logsnr_t=logsnr_t, logsnr_s=logsnr_s, eta=0.0)
+    alpha_t, sigma_t = alpha_sigma(logsnr_t)
+    alpha_s, sigma_s = alpha_sigma(logsnr_s)
+    corr = -0.5 * sigma_s * jnp.expm1(0.5 * (logsnr_s - logsnr_t))
+    flags = jnp.asarray(_heun_flags(K, first_euler, last_euler))
+
+    def step(z, p, key_i):
+        lt, ls, mu_i, nu_i, at, st, as_, ss, c_i, heun_i = p
+        x_hat = _denoise(denoise, z, lt)
+        z_e = mu_i * x_hat + nu_i * z
+
+        def correct(z_e):
+            eps_t = (z - at * x_hat) / st
+            eps_s = (z_e - as_ * _denoise(denoise, z_e, ls)) / ss
+            return z_e + c_i * (eps_s - eps_t)
+
+        z_next = jax.lax.cond(heun_i, correct, lambda z_e: z_e, z_e)
+        return z_next, (z_next if return_trajectory else None)
+
+    per_step = (logsnr_t, logsnr_s, mu, nu, alpha_t, sigma_t, alpha_s, sigma_s, corr, flags)
+    z, ys = chain.scan_chain(step, z0, per_step, key=key_steps, remat=remat)
+    return _finish(z, _with_start(z0, ys) if return_trajectory else None, return_trajectory)
+
+
+def heun_nfe(K: int, *, first_euler: bool = True, last_euler: bool = True) -> int:
+    """NFE of :func:`heun` with K steps: one per step plus one per Heun (non-Euler) step."""
+    check_K(K)
+    return K + int(_heun_flags(K, first_euler, last_euler).sum())
+
+
+# --------------------------------------------------------------------------- learnable families
+
+
+def _family_grid(K, logsnrs):
+    K = check_K(K)
+    logsnrs = grid(K) if logsnrs is None else logsnrs
+    check_increasing(logsnrs, name="logsnrs")
+    logsnrs = jnp.asarray(logsnrs, chain.default_dtype())
+    check_shape(logsnrs, (K + 1,), name="logsnrs")
+    return logsnrs
+
+
+def _check_keys(params, keys, family: str):
+    """``params`` must be a dict with exactly ``keys``."""
+    if not isinstance(params, dict) or set(params) != set(keys):
+        got = sorted(params) if isinstance(params, dict) else type(params).__name__
+        raise ValueError(f"{family} params must be a dict with keys {sorted(keys)}, got {got}")
+
+
+def _check_params(params, shapes: dict, family: str):
+    """``params`` must be a dict with exactly the keys of ``shapes`` (values: shapes) and finite values."""
+    _check_keys(params, tuple(shapes), family)
+    for name, shape in shapes.items():
+        check_shape(params[name], shape, name=f"{family} params[{name!r}]")
+    if _concrete(params):
+        check_finite(params, name=f"{family} params")
+
+
+class RDDIM:
+    """Relaxed DDIM: per step ``z_s = mu_t x_hat(z_t) + nu_t z_t + s_t xi`` with free ``mu, nu, s``.
+
+    Watson et al. 2022 (DDSS), eq. 10-11 (their ``sigma_t`` is our ``s``). Params:
+    ``{"mu": (K,), "nu": (K,), "s": (K,), "logsnrs": (K+1,)}``; ``mu`` multiplies ``x_hat``,
+    ``nu`` the state. The grid ``logsnrs`` is fixed (used under ``stop_gradient``). NFE = K.
+    """
+
+    name = "rddim"
+
+    @staticmethod
+    def init_from_ddim(K: int, *, logsnrs=None, eta=0.0) -> dict:
+        """Params reproducing :func:`ddim` (``eta``) on ``logsnrs`` (default ``schedules.grid(K)``)."""
+        logsnrs = _family_grid(K, logsnrs)
+        _check_eta(eta)
+        mu, nu, s = ddim_coefficients(logsnr_t=logsnrs[:-1], logsnr_s=logsnrs[1:], eta=eta)
+        return {"mu": mu, "nu": nu, "s": s, "logsnrs": logsnrs}
+
+    @staticmethod
+    def init_from_ddpm(K: int, *, logsnrs=None) -> dict:
+        """Params reproducing :func:`ddpm` on ``logsnrs`` (default ``schedules.grid(K)``)."""
+        return RDDIM.init_from_ddim(K, logsnrs=logsnrs, eta=1.0)
+
+    @staticmethod
+    def logsnrs(params):
+        """The grid the network is evaluated on (fixed: ``stop_gradient(params["logsnrs"])``)."""
+        return jax.lax.stop_gradient(params["logsnrs"])
+
+    @staticmethod
+    def sample(params, denoise, key, shape, *, remat: bool = True, return_trajectory: bool = False,
+               z_init=None, dtype=None):
+        """Run the RDDIM chain ``z_{i+1} = mu_i x_hat(z_i, lambda_i) + nu_i z_i + s_i xi_i``, i = 0..K-1."""
+        _check_keys(params, ("mu", "nu", "s", "logsnrs"), "RDDIM")
+        K = check_K(int(jnp.shape(params["mu"])[0]) if jnp.ndim(params["mu"]) else 0,
+                    name="K (RDDIM params['mu'] length)")
+        _check_params(params, {"mu": (K,), "nu": (K,), "s": (K,), "logsnrs": (K + 1,)}, "RDDIM")
+        z0, key_steps, dtype = _setup(key, shape, z_init, dtype)
+        logsnrs = _check_logsnrs(RDDIM.logsnrs(params), dtype)
+        p = {k: jnp.asarray(params[k], dtype) for k in ("mu", "nu", "s")}
+        return _markov_chain(denoise, z0, key_steps, logsnrs=logsnrs, mu=p["mu"], nu=p["nu"], s=p["s"],
+                             stochastic=True, remat=remat, return_trajectory=return_trajectory)
+
+    @staticmethod
+    def nfe(K: int) -> int:
+        return check_K(K)
+
+
+class GGDM:
+    """Generalized Gaussian Diffusion Models: a non-Markovian sampler family over the whole history.
+
+    Step ``i = 0 .. K-1`` (states ``z_j`` at ``lambda_j``, ``x_j = x_hat(z_j, lambda_j)``):
+
+        z_{i+1} = sum_{j<=i} mu_ij z_j + sum_{j<=i} nu_ij x_j + s_i xi_i
+
+    Watson et al. 2022 (DDSS), section 4 (GGDM); DDIM is the diagonal case. ``mu`` and ``nu``
+    are (K, K) and only their lower triangle (``j <= i``) is used. Params are
+    ``{"mu", "nu", "s": (K,), "logsnrs": (K+1,)}`` with a fixed grid (``stop_gradient``), or,
+    with learned timesteps, ``{"mu", "nu", "s", "logsnr_logits": (K,), "logsnr_range": (2,)}``:
+    ``lambda_j = lo + (hi - lo) * sum_{k<j} softmax(u)_k`` (cumulative softmax between the
+    fixed endpoints ``logsnr_range = (lo, hi)``), strictly increasing for any real ``u``.
+    The history is carried through the scan as the fixed-size (K, *shape) array of pending
+    sums ``acc[k] = sum_{j<i} mu_kj z_j + nu_kj x_j``; with ``remat`` the network call is
+    checkpointed, so reverse mode stores O(K |z|) (each state and prediction once) and no
+    network activations. NFE = K.
+    """
+
+    name = "ggdm"
+
+    @staticmethod
+    def init_from_ddim(K: int, *, logsnrs=None, eta=0.0, learn_logsnrs: bool = False) -> dict:
+        """Params reproducing :func:`ddim` (``eta``) on ``logsnrs`` (default ``schedules.grid(K)``).
+
+        Diagonal ``mu_ii = sigma_s/sigma_t``-type DDIM coefficients of the state, ``nu_ii`` of
+        ``x_hat``, ``s_i = c_i`` (see :func:`ddim_coefficients`). With ``learn_logsnrs`` the
+        grid is stored as ``logsnr_logits = log(diff(logsnrs) / (hi - lo))`` (reproduced to
+        float rounding).
+        """
+        logsnrs = _family_grid(K, logsnrs)
+        _check_eta(eta)
+        x_coef, z_coef, s = ddim_coefficients(logsnr_t=logsnrs[:-1], logsnr_s=logsnrs[1:], eta=eta)
+        params = {"mu": jnp.diag(z_coef), "nu": jnp.diag(x_coef), "s": s}
+        if learn_logsnrs:
+            lo, hi = logsnrs[0], logsnrs[-1]
+            params["logsnr_logits"] = jnp.log(jnp.diff(logsnrs) / (hi - lo))
+            params["logsnr_range"] = jnp.stack([lo, hi])
+        else:
+            params["logsnrs"] = logsnrs
+        return params
+
+    @staticmethod
+    def init_from_ddpm(K: int, *, logsnrs=None, learn_logsnrs: bool = False) -> dict:
+        """Params reproducing :func:`ddpm` on ``logsnrs`` (default ``schedules.grid(K)``)."""
+        return GGDM.init_from_ddim(K, logsnrs=logsnrs, eta=1.0, learn_logsnrs=learn_logsnrs)
+
+    @staticmethod
+    def logsnrs(params):
+        """The (K+1,) grid the network is evaluated on: fixed, or the cumulative softmax of the logits."""
+        if "logsnr_logits" not in params:
+            return jax.lax.stop_gradient(params["logsnrs"])
+        lo, hi = jax.lax.stop_gradient(params["logsnr_range"])
+        frac = jnp.cumsum(jax.nn.softmax(params["logsnr_logits"]))[:-1]
+        return jnp.concatenate([lo[None], lo + (hi - lo) * frac, hi[None]])
+
+    @staticmethod
+    def sample(params, denoise, key, shape, *, remat: bool = True, return_trajectory: bool = False,
+               z_init=None, dtype=None):
+        """Run the GGDM chain; returns ``z_K`` (and the (K+1, *shape) trajectory of states)."""
+        learned = isinstance(params, dict) and "logsnr_logits" in params
+        _check_keys(params, ("mu", "nu", "s") + (("logsnr_logits", "logsnr_range") if learned else ("logsnrs",)),
+                    "GGDM")
+        K = check_K(int(jnp.shape(params["s"])[0]) if jnp.ndim(params["s"]) else 0,
+                    name="K (GGDM params['s'] length)")
+        shapes = {"mu": (K, K), "nu": (K, K), "s": (K,)}
+        if learned:
+            shapes.update(logsnr_logits=(K,), logsnr_range=(2,))
+            if _concrete(params["logsnr_range"]) and not float(params["logsnr_range"][0]) < float(
+                    params["logsnr_range"][1]):
+                raise ValueError(f"GGDM params['logsnr_range'] must be increasing (lo < hi), "
+                                 f"got {np.asarray(params['logsnr_range']).tolist()}")
+        else:
+            shapes.update(logsnrs=(K + 1,))
+        _check_params(params, shapes, "GGDM")
+        z0, key_steps, dtype = _setup(key, shape, z_init, dtype)
+        logsnrs = _check_logsnrs(GGDM.logsnrs(params), dtype)
+        tril = jnp.tril(jnp.ones((K, K), dtype))
+        mu = jnp.asarray(params["mu"], dtype) * tril
+        nu = jnp.asarray(params["nu"], dtype) * tril
+        s = jnp.asarray(params["s"], dtype)
+
+        # The history enters linearly, so it is carried as the pending sums
+        #   acc[k] = sum_{j < i} mu_kj z_j + nu_kj x_j    (k = 0 .. K-1; a fixed (K, *shape) array)
+        # and step i adds column i: acc += mu[:, i] z_i + nu[:, i] x_i, then z_{i+1} = acc[i] + s_i xi_i.
+        # Reverse mode then needs only z_i, x_i per step (d mu_ki = <g_acc[k], z_i>), O(K |z|) in all,
+        # whereas carrying the states themselves and checkpointing the whole step stores the
+        # (K+1)-state buffer at every step, O(K^2 |z|). Hence remat checkpoints the network call here
+        # (Watson et al. 2022: "replace model_fn with jax.remat(model_fn) in your sampling loop").
+        net = jax.checkpoint(lambda z, logsnr: _denoise(denoise, z, logsnr)) if remat else (
+            lambda z, logsnr: _denoise(denoise, z, logsnr))
+        col = lambda c: c.reshape(c.shape + (1,) * z0.ndim)
+
+        def step(carry, p, key_i):
+            acc, z = carry
+            i, logsnr_i, mu_col, nu_col, s_i = p
+            acc = acc + col(mu_col) * z + col(nu_col) * net(z, logsnr_i)
+            z_next = acc[i] + s_i * chain.normal_rows(key_i, z0.shape, dtype)
+            return (acc, z_next), (z_next if return_trajectory else None)
+
+        per_step = (jnp.arange(K), logsnrs[:-1], mu.T, nu.T, s)
+        acc0 = jnp.zeros((K,) + z0.shape, dtype)
+        (_, z), ys = chain.scan_chain(step, (acc0, z0), per_step, key=key_steps, remat=False)
+        return _finish(z, _with_start(z0, ys) if return_trajectory else None, return_trajectory)
+
+    @staticmethod
+    def nfe(K: int) -> int:
+        return check_K(K)
+
+
+# --------------------------------------------------------------------------- registry
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampler:
+    """A fixed sampler: ``sampler(denoise, key, shape, *, logsnrs, ...)`` and ``sampler.nfe(K, ...)``."""
+
+    name: str
+    sample: Callable
+    nfe: Callable
+    citation: str
+
+    def __call__(self, denoise, key, shape, **kwargs):
+        return self.sample(denoise, key, shape, **kwargs)
+
+
+def _nfe_one_per_step(K: int, **_) -> int:
+    return check_K(K)
+
+
+SAMPLERS = {
+    "ddpm": Sampler("ddpm", ddpm, _nfe_one_per_step, "Ho et al. 2020, eq. 6-7"),
+    "ddim": Sampler("ddim", ddim, _nfe_one_per_step, "Song et al. 2021, eq. 12"),
+    "dpm_solver_pp_2m": Sampler("dpm_solver_pp_2m", dpm_solver_pp_2m, _nfe_one_per_step,
+                                "Lu et al. 2022, Algorithm 2"),
+    "heun": Sampler("heun", heun, heun_nfe, "Karras et al. 2022, Algorithm 1"),
+}
+
+FAMILIES = {"rddim": RDDIM, "ggdm": GGDM}
+
+
+def get_sampler(name: str) -> Sampler:
+    """The fixed sampler called ``name`` (see ``SAMPLERS``); learnable families: :func:`get_family`."""
+    if name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}: name must be one of {sorted(SAMPLERS)} "
+                         f"(learnable families {sorted(FAMILIES)} via get_family)")
+    return SAMPLERS[name]
+
+
+def get_family(name: str):
+    """The learnable family called ``name`` (see ``FAMILIES``)."""
+    if name not in FAMILIES:
+        raise ValueError(f"unknown family {name!r}: name must be one of {sorted(FAMILIES)} "
+                         f"(fixed samplers {sorted(SAMPLERS)} via get_sampler)")
+    return FAMILIES[name]
+
+
+def nfe(name: str, K: int, **options) -> int:
+    """Network evaluations of sampler or family ``name`` with K steps (e.g. ``nfe("heun", 10) == 18``)."""
+    if name in FAMILIES:
+        return FAMILIES[name].nfe(K)
+    return get_sampler(name).nfe(K, **options)
