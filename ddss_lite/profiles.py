@@ -34,7 +34,7 @@ class Profile:
     ks: tuple                   # K values in the few-step tables
     # Sampler search (DDSS).
     search_ks: tuple = (5, 10, 20)
-    search_steps: int = 150     # optimisation steps per search
+    search_steps: int = 100     # optimisation steps per search
     search_batch: int = 256     # samples per optimisation step
     search_lr: float = 3e-3
     # ELBO-optimal schedules (dynamic programming).
