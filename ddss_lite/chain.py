@@ -19,7 +19,9 @@ UNet forward pass at each iteration of the sampling chain"): with
 ``remat=True`` the step body is wrapped in ``jax.checkpoint``, so reverse mode
 stores only each step's inputs (the carry) and recomputes the network's
 activations, trading one extra forward pass per step for O(K) stored
-activations.
+activations. A step whose carry is large but enters linearly (GGDM's history)
+should instead checkpoint only the network call and run ``scan_chain`` with
+``remat=False``: checkpointing the body would store the whole carry at every step.
 """
 from __future__ import annotations
 

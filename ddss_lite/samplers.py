@@ -41,6 +41,7 @@ __all__ = [
     "ddim",
     "dpm_solver_pp_2m",
     "heun",
+    "heun_nfe",
     "RDDIM",
     "GGDM",
     "Sampler",
@@ -193,8 +194,8 @@ def ddpm(denoise, key, shape, *, logsnrs, remat: bool = True, return_trajectory:
 # --------------------------------------------------------------------------- modern baselines
 
 
-def dpm_solver_pp_2m(denoise, key, shape, *, logsnrs, remat: bool = True, return_trajectory: bool = False,
-                     z_init=None, dtype=None):
+def dpm_solver_pp_2m(denoise, key, shape, *, logsnrs, lower_order_final: bool | None = None, remat: bool = True,
+                     return_trajectory: bool = False, z_init=None, dtype=None):
     """DPM-Solver++(2M): multistep second-order solver of the probability-flow ODE in data prediction.
 
     In half-log-SNR ``l = lambda / 2 = log(alpha / sigma)``, ``h_i = l_{i+1} - l_i``:
@@ -203,8 +204,10 @@ def dpm_solver_pp_2m(denoise, key, shape, *, logsnrs, remat: bool = True, return
         D_i = (1 + 1/(2 r_i)) x_hat_i - 1/(2 r_i) x_hat_{i-1},  r_i = h_{i-1} / h_i   (i >= 1)
         z_{i+1} = (sigma_{i+1} / sigma_i) z_i - alpha_{i+1} expm1(-h_i) D_i
 
-    Lu et al. 2022 (DPM-Solver++), Algorithm 2. Second order on every later step,
-    including the last (no "lower order final"). NFE = K.
+    Lu et al. 2022 (DPM-Solver++), Algorithm 2. ``lower_order_final`` makes the last step
+    first order too; by default (``None``) it is used when K < 15, the rule of the authors'
+    reference implementation: with few steps the last step spans a long stretch of log-SNR
+    and the multistep extrapolation ``1/(2 r)`` becomes large. NFE = K.
     """
     z0, key_steps, dtype = _setup(key, shape, z_init, dtype)
     logsnrs = _check_logsnrs(logsnrs, dtype)
@@ -215,6 +218,8 @@ def dpm_solver_pp_2m(denoise, key, shape, *, logsnrs, remat: bool = True, return
     a = sigma_s / sigma_t
     b = -alpha_s * jnp.expm1(-h)
     w = jnp.concatenate([jnp.zeros((1,), dtype), 0.5 * h[1:] / h[:-1]])   # 1 / (2 r_i); 0 at the first step
+    if lower_order_final if lower_order_final is not None else logsnrs.shape[0] - 1 < 15:
+        w = w.at[-1].set(0.0)
 
     def step(carry, p, key_i):
         z, x_prev = carry
@@ -319,6 +324,11 @@ def _check_params(params, shapes: dict, family: str):
         check_finite(params, name=f"{family} params")
 
 
+def _num_steps(params) -> int:
+    s = params.get("s") if isinstance(params, dict) else None
+    return int(jnp.shape(s)[0]) if s is not None and jnp.ndim(s) == 1 else 0
+
+
 class RDDIM:
     """Relaxed DDIM: per step ``z_s = mu_t x_hat(z_t) + nu_t z_t + s_t xi`` with free ``mu, nu, s``.
 
@@ -343,6 +353,11 @@ class RDDIM:
         return RDDIM.init_from_ddim(K, logsnrs=logsnrs, eta=1.0)
 
     @staticmethod
+    def num_steps(params) -> int:
+        """K, the number of steps of ``params`` (the length of ``params["s"]``; 0 if absent)."""
+        return _num_steps(params)
+
+    @staticmethod
     def logsnrs(params):
         """The grid the network is evaluated on (fixed: ``stop_gradient(params["logsnrs"])``)."""
         return jax.lax.stop_gradient(params["logsnrs"])
@@ -352,8 +367,7 @@ class RDDIM:
                z_init=None, dtype=None):
         """Run the RDDIM chain ``z_{i+1} = mu_i x_hat(z_i, lambda_i) + nu_i z_i + s_i xi_i``, i = 0..K-1."""
         _check_keys(params, ("mu", "nu", "s", "logsnrs"), "RDDIM")
-        K = check_K(int(jnp.shape(params["mu"])[0]) if jnp.ndim(params["mu"]) else 0,
-                    name="K (RDDIM params['mu'] length)")
+        K = check_K(_num_steps(params), name="K (RDDIM params['s'] length)")
         _check_params(params, {"mu": (K,), "nu": (K,), "s": (K,), "logsnrs": (K + 1,)}, "RDDIM")
         z0, key_steps, dtype = _setup(key, shape, z_init, dtype)
         logsnrs = _check_logsnrs(RDDIM.logsnrs(params), dtype)
@@ -391,8 +405,9 @@ class GGDM:
     def init_from_ddim(K: int, *, logsnrs=None, eta=0.0, learn_logsnrs: bool = False) -> dict:
         """Params reproducing :func:`ddim` (``eta``) on ``logsnrs`` (default ``schedules.grid(K)``).
 
-        Diagonal ``mu_ii = sigma_s/sigma_t``-type DDIM coefficients of the state, ``nu_ii`` of
-        ``x_hat``, ``s_i = c_i`` (see :func:`ddim_coefficients`). With ``learn_logsnrs`` the
+        Diagonal only: ``mu_ii`` = DDIM's coefficient of the state (``sigma_{i+1}/sigma_i`` at
+        eta = 0), ``nu_ii`` = its coefficient of ``x_hat`` (``alpha_{i+1} - alpha_i sigma_{i+1}/sigma_i``),
+        ``s_i = c_i`` (see :func:`ddim_coefficients`). With ``learn_logsnrs`` the
         grid is stored as ``logsnr_logits = log(diff(logsnrs) / (hi - lo))`` (reproduced to
         float rounding).
         """
@@ -414,6 +429,11 @@ class GGDM:
         return GGDM.init_from_ddim(K, logsnrs=logsnrs, eta=1.0, learn_logsnrs=learn_logsnrs)
 
     @staticmethod
+    def num_steps(params) -> int:
+        """K, the number of steps of ``params`` (the length of ``params["s"]``; 0 if absent)."""
+        return _num_steps(params)
+
+    @staticmethod
     def logsnrs(params):
         """The (K+1,) grid the network is evaluated on: fixed, or the cumulative softmax of the logits."""
         if "logsnr_logits" not in params:
@@ -429,8 +449,7 @@ class GGDM:
         learned = isinstance(params, dict) and "logsnr_logits" in params
         _check_keys(params, ("mu", "nu", "s") + (("logsnr_logits", "logsnr_range") if learned else ("logsnrs",)),
                     "GGDM")
-        K = check_K(int(jnp.shape(params["s"])[0]) if jnp.ndim(params["s"]) else 0,
-                    name="K (GGDM params['s'] length)")
+        K = check_K(_num_steps(params), name="K (GGDM params['s'] length)")
         shapes = {"mu": (K, K), "nu": (K, K), "s": (K,)}
         if learned:
             shapes.update(logsnr_logits=(K,), logsnr_range=(2,))
