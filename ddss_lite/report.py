@@ -84,7 +84,8 @@ def write_results(chapter: str, results: dict):
 
 def markdown_table(rows: list[dict], columns: list[str]) -> str:
     """A Markdown table of ``rows`` (dicts) with the given column order."""
-    fmt = lambda v: f"{v:.4g}" if isinstance(v, (float, np.floating)) else str(v)
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    esc = lambda v: str(v).replace("|", "\\|")
+    fmt = lambda v: f"{v:.4g}" if isinstance(v, (float, np.floating)) else esc(v)
+    lines = ["| " + " | ".join(map(esc, columns)) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
     return "\n".join(lines)
