@@ -8,9 +8,9 @@ Everything in ddss_lite is parameterised by the log signal-to-noise ratio
 so ``alpha^2 + sigma^2 = 1``. Time ``t`` runs from 0 (data, high log-SNR) to
 1 (noise, low log-SNR); a schedule is a strictly decreasing map t -> lambda.
 
-A sampling *grid* is an array ``logsnrs`` of K + 1 strictly increasing values
-``lambda(t_K) < ... < lambda(t_0)``: step i (i = K..1) maps the state at
-``t_i`` to the state at ``t_{i-1}``.
+A sampling *grid* is an array ``logsnrs`` of K + 1 strictly increasing values,
+``logsnrs[0] = lambda(t = 1)`` (noisiest) to ``logsnrs[K] = lambda(t = 0)`` (cleanest):
+step i (i = 0..K-1) maps the state at ``logsnrs[i]`` to the state at ``logsnrs[i+1]``.
 """
 from __future__ import annotations
 
@@ -43,6 +43,8 @@ def logsnr_cosine(t, *, logsnr_min: float = LOGSNR_MIN, logsnr_max: float = LOGS
     """
     b = np.arctan(np.exp(-0.5 * logsnr_max))
     a = np.arctan(np.exp(-0.5 * logsnr_min)) - b
+    if isinstance(t, (np.ndarray, float, int)):  # host input: float64, exact endpoints
+        return -2.0 * np.log(np.tan(a * np.asarray(t, np.float64) + b))
     return -2.0 * jnp.log(jnp.tan(a * jnp.asarray(t, jnp.float32) + b))
 
 
