@@ -65,13 +65,18 @@ def scatter2d(ax, points, *, title: str | None = None, lim: float = 2.5, **kw):
 
 
 def glue(name: str, value, *, display: bool = False):
-    """Make ``value`` available to the prose as ``{glue:}`name``` (myst-nb); returns ``value``."""
+    """Make ``value`` available to the prose as ``{glue:md}`name``` (myst-nb); returns ``value``.
+
+    The value is glued as Markdown text (``str(value)``; format numbers before gluing), so the
+    rendered sentence shows ``0.981`` rather than the repr ``'0.981'``.
+    """
     try:
+        from IPython.display import Markdown
         from myst_nb import glue as _glue
     except ImportError:  # e.g. in Colab without the book extras
         print(f"{name} = {value}")
         return value
-    _glue(name, value, display=display)
+    _glue(name, Markdown(str(value)), display=display)
     return value
 
 
