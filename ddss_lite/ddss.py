@@ -20,6 +20,7 @@ from the family's DDIM initialisation, so step 0 *is* DDIM.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import pathlib
 from typing import Callable
@@ -28,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import serialization
 from tqdm.auto import tqdm
 
 from ddss_lite import metrics, samplers, store
@@ -36,6 +38,7 @@ from ddss_lite.validate import check_choice, check_finite, check_K
 log = logging.getLogger(__name__)
 
 KERNELS = ("linear", "cubic")
+FORMAT = 1  # bump when the sampler families or the search change meaning: invalidates search checkpoints
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,6 +100,9 @@ def search(family, denoise: Callable, phi: Callable, real_feats, *, K: int, shap
     K = check_K(K)
     steps = check_K(steps, name="steps")
     check_K(eval_every, name="eval_every")
+    check_K(ckpt_every, name="ckpt_every")
+    if learn_logsnrs and family is not samplers.GGDM:
+        raise ValueError(f"learn_logsnrs=True needs the GGDM family (learned timesteps), got {family.name!r}")
     check_choice(kernel, KERNELS, name="kernel")
     check_finite(real_feats, name="real_feats")
     if init_params is None:
@@ -111,7 +117,13 @@ def search(family, denoise: Callable, phi: Callable, real_feats, *, K: int, shap
     state = {"step": jnp.zeros((), jnp.int32), "params": init_params, "opt_state": optimizer.init(init_params),
              "loss": jnp.zeros((steps,), jnp.float32), "eval_steps": -jnp.ones((n_evals,), jnp.int32),
              "eval_values": jnp.full((n_evals,), jnp.nan, jnp.float32)}
-    config = dict(config or {}, K=K, steps=steps, kernel=kernel, learn_logsnrs=learn_logsnrs, family=family.name)
+    # Everything the library sees that determines the result; the caller adds what it alone knows
+    # (the model, the feature network's provenance, the optimiser's settings).
+    config = dict(config or {}, K=K, steps=steps, kernel=kernel, learn_logsnrs=learn_logsnrs, family=family.name,
+                  shape=list(shape), eval_every=eval_every, format=FORMAT,
+                  key=np.asarray(jax.random.key_data(key)).tolist(),
+                  real_feats_sha256=hashlib.sha256(np.ascontiguousarray(real_feats, np.float32).tobytes()).hexdigest(),
+                  init_sha256=hashlib.sha256(serialization.to_bytes(init_params)).hexdigest())
     if ckpt_path is not None and pathlib.Path(ckpt_path).exists():
         try:
             state = jax.tree_util.tree_map(jnp.asarray, store.load_state(ckpt_path, state, config=config))

@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ddss_lite.validate import check_K
+
 
 @dataclasses.dataclass(frozen=True)
 class FeatureMap:
@@ -31,6 +33,9 @@ def rff(key, *, in_dim: int = 2, n_features: int = 256, bandwidth: float = 0.5, 
     ``phi(x) = sqrt(2 / D) cos(W x + b)``, ``W ~ N(0, 1 / bandwidth^2)``, ``b ~ U[0, 2 pi)``,
     so ``phi(x) . phi(y) ~= exp(-||x - y||^2 / (2 bandwidth^2))``.
     """
+    if not bandwidth > 0:
+        raise ValueError(f"bandwidth must be > 0, got {bandwidth}")
+    check_K(n_features, name="n_features")
     k_w, k_b = jax.random.split(key)
     W = jax.random.normal(k_w, (in_dim, n_features)) / bandwidth
     b = jax.random.uniform(k_b, (n_features,), maxval=2 * np.pi)
@@ -52,6 +57,7 @@ def classifier_features(module: nn.Module, params, *, input_shape: tuple, name: 
 
 def batched(phi: Callable, x, *, batch_size: int = 1024):
     """Apply ``phi`` to ``x`` in batches (bounded memory); returns a NumPy array."""
+    check_K(batch_size, name="batch_size")
     return np.concatenate([np.asarray(phi(x[i:i + batch_size])) for i in range(0, len(x), batch_size)])
 
 

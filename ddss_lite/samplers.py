@@ -135,6 +135,9 @@ def ddim_coefficients(*, logsnr_t, logsnr_s, eta=0.0):
     DDPM ancestral sampling (Ho et al. 2020, eq. 6-7). The second form of ``mu`` avoids cancellation.
     """
     logsnr_t, logsnr_s = jnp.asarray(logsnr_t), jnp.asarray(logsnr_s)
+    _check_eta(eta)
+    if _concrete((logsnr_t, logsnr_s)) and not np.all(np.asarray(logsnr_s) > np.asarray(logsnr_t)):
+        raise ValueError("logsnr_s must be > logsnr_t (a step goes from noisier t to cleaner s)")
     eta = jnp.asarray(eta, logsnr_t.dtype)
     alpha_t, sigma_t = alpha_sigma(logsnr_t)
     alpha_s, sigma_s = alpha_sigma(logsnr_s)

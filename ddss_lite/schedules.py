@@ -41,6 +41,8 @@ def logsnr_cosine(t, *, logsnr_min: float = LOGSNR_MIN, logsnr_max: float = LOGS
     ``lambda(t) = -2 log tan(a t + b)`` with ``b = arctan(exp(-lambda_max / 2))`` and
     ``a = arctan(exp(-lambda_min / 2)) - b``, so lambda(0) = lambda_max, lambda(1) = lambda_min.
     """
+    if not logsnr_min < logsnr_max:
+        raise ValueError(f"logsnr_min must be < logsnr_max, got {logsnr_min} >= {logsnr_max}")
     b = np.arctan(np.exp(-0.5 * logsnr_max))
     a = np.arctan(np.exp(-0.5 * logsnr_min)) - b
     if isinstance(t, (np.ndarray, float, int)):  # host input: float64, exact endpoints
@@ -62,6 +64,8 @@ def ddpm_logsnr(T: int = 1000, *, beta_1: float = 1e-4, beta_T: float = 0.02):
     Returns a float64 NumPy array of shape (T,), strictly decreasing in t.
     """
     check_K(T, name="T")
+    if not 0.0 < beta_1 <= beta_T < 1.0:
+        raise ValueError(f"need 0 < beta_1 <= beta_T < 1, got beta_1={beta_1}, beta_T={beta_T}")
     betas = np.linspace(beta_1, beta_T, T, dtype=np.float64)
     log_bar_alpha = np.cumsum(np.log1p(-betas))
     # log(1 - bar_alpha) = log(-expm1(log bar_alpha)), stable for bar_alpha near 1.

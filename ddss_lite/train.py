@@ -59,6 +59,8 @@ def fit(loss_fn: Callable, params, *, key, steps: int, optimizer: optax.Gradient
     """
     check_K(steps, name="steps")
     check_K(ckpt_every, name="ckpt_every")
+    if not 0.0 <= ema_decay <= 1.0:
+        raise ValueError(f"ema_decay must be in [0, 1], got {ema_decay}")
     config = dict(config or {})
     state = init_state(params, optimizer, steps)
     if ckpt_path is not None and pathlib.Path(ckpt_path).exists():
@@ -69,17 +71,20 @@ def fit(loss_fn: Callable, params, *, key, steps: int, optimizer: optax.Gradient
             log.warning("ignoring checkpoint: %s", e)
             state = init_state(params, optimizer, steps)
     step_fn = make_step(loss_fn, optimizer, ema_decay)
-    start = int(state.step)
+    start = checked = int(state.step)
     end = steps if stop_after is None else min(steps, stop_after)
     with tqdm(total=steps, initial=start, desc=desc, mininterval=2.0, leave=False) as bar:
         for i in range(start, end):
             state = step_fn(state, jax.random.fold_in(key, i))
-            if (i + 1) % 100 == 0 or i + 1 == end:
+            save = ckpt_path is not None and ((i + 1) % ckpt_every == 0 or i + 1 == end)
+            if (i + 1) % 100 == 0 or i + 1 == end or save:
                 bar.update(i + 1 - bar.n)
                 bar.set_postfix(loss=f"{float(state.losses[i]):.4f}", refresh=False)
-                if not np.isfinite(float(state.losses[i])):
-                    raise FloatingPointError(f"{desc}: loss is not finite at step {i}")
-            if ckpt_path is not None and ((i + 1) % ckpt_every == 0 or i + 1 == end):
+                recent = np.asarray(state.losses[checked:i + 1])   # every loss since the last check
+                if not np.all(np.isfinite(recent)):
+                    raise FloatingPointError(f"{desc}: loss is not finite at step {checked + int(np.argmin(np.isfinite(recent)))}")
+                checked = i + 1
+            if save:  # never writes a state whose losses were not all checked finite
                 store.save_state(ckpt_path, state, config=config)
     return state
 
@@ -93,7 +98,10 @@ def load_or_train(name: str, config: dict, init_params: Callable[[], dict], loss
     or stale file is reported and retrained, never loaded. ``config`` must contain
     everything that determines the result (including ``steps``).
     """
+    if "steps" not in config:
+        raise ValueError("config must contain 'steps' (the number of optimisation steps)")
     steps = int(config["steps"])
+    config = dict(config, key=np.asarray(jax.random.key_data(key)).tolist())  # the key determines the result too
     path = pathlib.Path(cache_dir) / f"{name}-{store.config_hash(config)}.ckpt"
     return fit(loss_fn, init_params(), key=key, steps=steps, optimizer=optimizer, ema_decay=ema_decay,
                ckpt_path=path, ckpt_every=ckpt_every, config=config, desc=name)

@@ -105,3 +105,20 @@ def test_profiles_and_bad_inputs():
         diffusion.to_x_hat("score")
     with pytest.raises(ValueError, match="weighting must be one of"):
         diffusion.loss_weight(0.0, "snr2")
+
+
+def test_more_bad_inputs_name_the_parameter():
+    from ddss_lite import features, samplers
+
+    with pytest.raises(ValueError, match="logsnr_min must be < logsnr_max"):
+        schedules.logsnr_cosine(0.5, logsnr_min=5.0, logsnr_max=5.0)
+    with pytest.raises(ValueError, match="beta_1"):
+        schedules.ddpm_logsnr(10, beta_T=1.5)
+    with pytest.raises(ValueError, match="bandwidth must be > 0"):
+        features.rff(jax.random.PRNGKey(0), bandwidth=0.0)
+    with pytest.raises(ValueError, match="batch_size must be"):
+        features.batched(lambda x: x, np.zeros((4, 2)), batch_size=0)
+    with pytest.raises(ValueError, match="eta"):
+        samplers.ddim_coefficients(logsnr_t=jnp.array([0.0]), logsnr_s=jnp.array([1.0]), eta=2.0)
+    with pytest.raises(ValueError, match="logsnr_s must be > logsnr_t"):
+        samplers.ddim_coefficients(logsnr_t=jnp.array([1.0]), logsnr_s=jnp.array([0.0]))

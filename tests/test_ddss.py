@@ -77,6 +77,10 @@ def test_bad_inputs():
         ddss.search(samplers.GGDM, gaussian_denoiser, phi, REAL, K=2, kernel="rbf", **kw)
     with pytest.raises(ValueError, match="real_feats must be finite"):
         ddss.search(samplers.GGDM, gaussian_denoiser, phi, REAL.at[0, 0].set(jnp.nan), K=2, **kw)
+    with pytest.raises(ValueError, match="learn_logsnrs=True needs the GGDM family"):
+        ddss.search(samplers.RDDIM, gaussian_denoiser, phi, REAL, K=2, learn_logsnrs=True, **kw)
+    with pytest.raises(ValueError, match="ckpt_every must be"):
+        ddss.search(samplers.GGDM, gaussian_denoiser, phi, REAL, K=2, ckpt_every=0, **kw)
     with pytest.raises(ValueError, match="unknown family"):
         ddss.search("ddim", gaussian_denoiser, phi, REAL, K=2, **kw)
     nan_init = samplers.GGDM.init_from_ddim(2)

@@ -61,11 +61,18 @@ def test_cache_loads_complete_entry_without_training(tmp_path, monkeypatch):
     kw = dict(cache_dir=tmp_path, optimizer=optax.adam(1e-2), key=jax.random.PRNGKey(2), ckpt_every=10)
     first = train.load_or_train("m", cfg, init, loss_fn, **kw)
     calls = []
-    monkeypatch.setattr(train, "make_step", lambda *a, **k: calls.append(1) or (lambda s, key: s))
+
+    def counting_make_step(*a, **k):
+        return lambda s, key: calls.append(1) or s
+
+    monkeypatch.setattr(train, "make_step", counting_make_step)
     again = train.load_or_train("m", cfg, init, loss_fn, **kw)
     _same(again.params, first.params)
-    # a complete entry runs no optimisation step (the step function is never called)
+    assert calls == [], "a complete cache entry must not run a single optimisation step"
     assert int(again.step) == 30
+    # another key is another result: it must not reuse the entry (it trains, here with the fake step)
+    train.load_or_train("m", cfg, init, loss_fn, **dict(kw, key=jax.random.PRNGKey(3)))
+    assert len(calls) == 30
 
 
 def test_corrupt_or_stale_cache_entry_is_retrained_not_loaded(tmp_path, caplog):
