@@ -39,6 +39,7 @@ book: execute html
 
 bench: env
 	$(PY) benchmarks/chain_remat.py
+	$(PY) benchmarks/ddss_step.py
 
 clean:
 	rm -rf _build
