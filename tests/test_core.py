@@ -122,3 +122,22 @@ def test_more_bad_inputs_name_the_parameter():
         samplers.ddim_coefficients(logsnr_t=jnp.array([0.0]), logsnr_s=jnp.array([1.0]), eta=2.0)
     with pytest.raises(ValueError, match="logsnr_s must be > logsnr_t"):
         samplers.ddim_coefficients(logsnr_t=jnp.array([1.0]), logsnr_s=jnp.array([0.0]))
+
+
+@pytest.mark.parametrize("kind,hidden", [("mlp", 32), ("unet", 16)])
+def test_denoising_networks_shapes_and_zero_init(kind, hidden):
+    """Both networks map (B, 8, 8, 1) and per-example log-SNRs to the same shape; the zero-initialised
+    output layer makes a fresh v-network's x_hat equal alpha * z (v_hat = 0)."""
+    from ddss_lite import nets
+
+    net = nets.make_denoiser_net(kind, hidden=hidden, depth=1)
+    z = jax.random.normal(jax.random.PRNGKey(0), (3, 8, 8, 1))
+    lam = jnp.array([-5.0, 0.0, 5.0])
+    params = net.init(jax.random.PRNGKey(1), z, lam)["params"]
+    out = nets.apply_fn(net)(params, z, lam)
+    assert out.shape == z.shape
+    den = diffusion.make_denoiser(nets.apply_fn(net), params, prediction="v")
+    a, _ = schedules.alpha_sigma(lam)
+    np.testing.assert_allclose(den(z, lam), a[:, None, None, None] * z, atol=1e-6)
+    with pytest.raises(ValueError, match="net must be one of"):
+        nets.make_denoiser_net("transformer", hidden=8)
