@@ -268,9 +268,9 @@ def cached_arrays(config: dict, compute: Callable[[], dict], *, cache_dir, name:
     """
     import json
 
-    from ddss_lite.store import _json_default, atomic_write_bytes, config_hash
+    from ddss_lite.store import atomic_write_bytes, canonical_json, config_hash
 
-    config_json = json.dumps(config, sort_keys=True, default=_json_default)
+    config_json = canonical_json(config)
     path = pathlib.Path(cache_dir) / f"{name}-{config_hash(config)}.npz"
     if path.exists():
         try:

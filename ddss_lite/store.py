@@ -45,10 +45,14 @@ def _json_default(o):
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
+def canonical_json(config: dict) -> str:
+    """The config as JSON with sorted keys (NumPy scalars and arrays allowed): the form that is hashed and compared."""
+    return json.dumps(config, sort_keys=True, default=_json_default)
+
+
 def config_hash(config: dict) -> str:
     """A short, stable hash of a JSON-serialisable config (keys sorted)."""
-    blob = json.dumps(config, sort_keys=True, default=_json_default).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
+    return hashlib.sha256(canonical_json(config).encode()).hexdigest()[:16]
 
 
 class CorruptFile(ValueError):
@@ -58,7 +62,7 @@ class CorruptFile(ValueError):
 def save_state(path, state, *, config: dict) -> None:
     """Write a pytree ``state`` with flax serialization (msgpack, no pickle), its config and a SHA-256."""
     payload = serialization.to_bytes(state)
-    record = {"config": json.dumps(config, sort_keys=True, default=_json_default),
+    record = {"config": canonical_json(config),
               "sha256": hashlib.sha256(payload).hexdigest(), "payload": payload}
     atomic_write_bytes(path, serialization.msgpack_serialize(record))
 
@@ -76,7 +80,7 @@ def load_state(path, template, *, config: dict):
         raise CorruptFile(f"{path}: unreadable ({type(e).__name__}: {e})") from e
     if hashlib.sha256(payload).hexdigest() != digest:
         raise CorruptFile(f"{path}: checksum mismatch")
-    if saved != json.dumps(config, sort_keys=True, default=_json_default):
+    if saved != canonical_json(config):
         raise CorruptFile(f"{path}: written for another config (stale)")
     try:
         return serialization.from_bytes(template, payload)
