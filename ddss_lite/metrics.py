@@ -266,7 +266,6 @@ def cached_arrays(config: dict, compute: Callable[[], dict], *, cache_dir, name:
     file in the same directory, then ``os.replace``) and returns them. The config's JSON is
     stored beside the arrays and checked on load. Returns ``{key: np.ndarray}``.
     """
-    import json
 
     from ddss_lite.store import atomic_write_bytes, canonical_json, config_hash
 
