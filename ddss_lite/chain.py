@@ -25,6 +25,7 @@ should instead checkpoint only the network call and run ``scan_chain`` with
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable
 
@@ -33,11 +34,20 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from ddss_lite.validate import check_K
+from ddss_lite.validate import check_finite, check_increasing, check_K, check_shape
 
 __all__ = [
     "default_dtype",
+    "is_concrete",
+    "check_key",
     "check_sample_shape",
+    "check_logsnrs",
+    "setup",
+    "call_denoiser",
+    "all_finite",
+    "raise_if_nonfinite",
+    "finish",
+    "with_start",
     "split_key",
     "normal_rows",
     "prior_sample",
@@ -51,6 +61,25 @@ def default_dtype():
     return jnp.zeros(()).dtype
 
 
+def is_concrete(x) -> bool:
+    """True when no leaf of ``x`` is a tracer: value checks run only on concrete inputs."""
+    return not any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(x))
+
+
+def check_key(key, *, name: str = "key"):
+    """``key`` must be a JAX PRNG key: a typed key array of shape () or a raw ``uint32`` array
+    of shape (2,) (``jax.random.PRNGKey``)."""
+    dtype = getattr(key, "dtype", None)
+    if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+        if key.shape != ():
+            raise ValueError(f"{name} must be a single PRNG key, got a key array of shape {key.shape}")
+        return key
+    if dtype is None or np.dtype(dtype) != np.uint32 or tuple(np.shape(key)) != (2,):
+        got = f"{type(key).__name__} of dtype {dtype} and shape {np.shape(key)}" if dtype is not None else repr(key)
+        raise ValueError(f"{name} must be a PRNG key (jax.random.PRNGKey(seed) or jax.random.key(seed)), got {got}")
+    return key
+
+
 def check_sample_shape(shape) -> tuple:
     """``shape`` must be a non-empty tuple of positive integers, batch axis first."""
     try:
@@ -62,6 +91,88 @@ def check_sample_shape(shape) -> tuple:
     for d in shape:
         check_K(d, name="shape entries")
     return shape
+
+
+def check_logsnrs(logsnrs, dtype=None, *, name: str = "logsnrs"):
+    """A sampling grid: ``logsnrs`` cast to ``dtype`` (default :func:`default_dtype`), which must be
+    1-D of length K + 1 >= 2, finite and strictly increasing (noisiest first) *after* the cast, so
+    that two points distinct in float64 but equal in float32 are rejected, not divided by. Value
+    checks run when the grid is concrete; the shape is always checked."""
+    if logsnrs is None:
+        raise ValueError(f"{name} is required: a strictly increasing (K+1,) grid, e.g. schedules.grid(K)")
+    dtype = default_dtype() if dtype is None else dtype
+    if is_concrete(logsnrs):
+        cast = np.asarray(np.asarray(logsnrs, np.float64).astype(np.dtype(dtype)))
+        check_increasing(cast, name=f"{name} (as {np.dtype(dtype).name})")
+    out = jnp.asarray(logsnrs, dtype)
+    if out.ndim != 1 or out.shape[0] < 2:
+        raise ValueError(f"{name} must be a 1-D array of length K+1 >= 2, got shape {out.shape}")
+    return out
+
+
+def setup(key, shape, z_init=None, dtype=None):
+    """Validate a sampler's ``key``, ``shape``, ``z_init`` and ``dtype``; return ``(z_0, key_steps, dtype)``.
+
+    ``z_0`` is ``z_init`` when given (cast to ``dtype`` if given, else kept in its own floating
+    dtype), else ``normal_rows(key_prior, shape)`` (see :func:`split_key`).
+    """
+    check_key(key)
+    shape = check_sample_shape(shape)
+    if dtype is not None and not jnp.issubdtype(jnp.dtype(dtype), jnp.floating):
+        raise ValueError(f"dtype must be a floating dtype (e.g. jnp.float32), got {jnp.dtype(dtype).name}")
+    key_prior, key_steps = split_key(key)
+    if z_init is None:
+        dtype = default_dtype() if dtype is None else jnp.dtype(dtype)
+        return normal_rows(key_prior, shape, dtype), key_steps, dtype
+    check_shape(z_init, shape, name="z_init")
+    z_dtype = jnp.dtype(getattr(z_init, "dtype", np.asarray(z_init).dtype))
+    if dtype is None and not jnp.issubdtype(z_dtype, jnp.floating):
+        raise ValueError(f"z_init must hold floating-point values, got dtype {z_dtype.name} "
+                         "(cast it, e.g. z_init.astype(jnp.float32), or pass dtype=)")
+    z0 = jnp.asarray(z_init, z_dtype if dtype is None else dtype)
+    if is_concrete(z0):
+        check_finite(z0, name="z_init")
+    return z0, key_steps, z0.dtype
+
+
+def call_denoiser(denoise, z, logsnr):
+    """``denoise(z, logsnr)``, checked to return ``x_hat`` of the shape of ``z``, cast to ``z``'s dtype."""
+    x_hat = denoise(z, logsnr)
+    if jnp.shape(x_hat) != z.shape:
+        raise ValueError(f"denoise(z, logsnr) must return x_hat of shape {z.shape}, got {jnp.shape(x_hat)}")
+    return jnp.asarray(x_hat, z.dtype)
+
+
+def all_finite(x):
+    """A scalar bool: every entry of ``x`` is finite (a step's flag for :func:`raise_if_nonfinite`)."""
+    return jnp.all(jnp.isfinite(x))
+
+
+def _raise_first_bad(ok, what):
+    ok = np.asarray(ok)
+    if not ok.all():
+        raise ValueError(f"{what} is not finite (NaN or Inf) at step {int(np.argmin(ok))} of {ok.shape[0]}")
+
+
+def raise_if_nonfinite(ok, *, what: str = "the denoiser's x_hat"):
+    """Raise ``ValueError`` naming the first step ``i`` with ``ok[i]`` False (``ok``: (K,) flags).
+
+    Concrete flags are checked at once; traced ones (under ``jit``/``grad``) through
+    ``jax.debug.callback``, whose error surfaces from the compiled call with this message."""
+    if is_concrete(ok):
+        _raise_first_bad(ok, what)
+    else:
+        jax.debug.callback(functools.partial(_raise_first_bad, what=what), ok)
+
+
+def finish(z, trajectory, return_trajectory: bool):
+    """``(z, trajectory)`` when ``return_trajectory`` else ``z``."""
+    return (z, trajectory) if return_trajectory else z
+
+
+def with_start(z0, ys):
+    """Trajectory ``(K+1, *shape)``: the initial state followed by the K stacked step outputs."""
+    return jnp.concatenate([z0[None], ys], axis=0)
 
 
 def split_key(key):

@@ -9,6 +9,7 @@ pre-trained denoiser by gradient descent on sample quality:
   reparameterisation trick): the whole K-step chain is unrolled and backpropagated through;
 * each step's network call is rematerialised (``jax.checkpoint``), so memory stays O(1) in
   network activations per step instead of O(K);
+* the sampler's grid ``logsnrs`` is fixed and kept out of the optimised pytree;
 * the loss is KID with the linear kernel ``k(a, b) = phi(a) . phi(b)`` on a classifier's
   penultimate features ``phi`` (the paper's best choice); the real-real term is constant and
   dropped (:func:`ddss_lite.metrics.kid_linear_loss`). ``kernel="cubic"`` uses the full
@@ -30,42 +31,51 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import serialization
-from tqdm.auto import tqdm
-
-from ddss_lite import metrics, samplers, store
+from ddss_lite import chain, metrics, progress, samplers, store
 from ddss_lite.validate import check_choice, check_finite, check_K
 
 log = logging.getLogger(__name__)
 
 KERNELS = ("linear", "cubic")
-FORMAT = 1  # bump when the sampler families or the search change meaning: invalidates search checkpoints
+FORMAT = 2  # bump when the sampler families or the search change meaning: invalidates search checkpoints
 
 
 @dataclasses.dataclass(frozen=True)
 class SearchResult:
-    """The optimised parameters and the optimisation history.
+    """The optimised parameters, the grid they run on, and the optimisation history.
 
     ``loss[i]`` is the training loss at step i; ``eval_steps``/``eval_values`` hold the
     ``eval_fn`` value (e.g. held-out KID on fixed noise) every ``eval_every`` steps, step 0
-    being the initialisation.
+    being the initialisation. ``sample(denoise, key, shape)`` runs the found sampler.
     """
 
+    family: str
     params: dict
+    logsnrs: np.ndarray
     loss: np.ndarray
     eval_steps: np.ndarray
     eval_values: np.ndarray
 
+    def sample(self, denoise: Callable, key, shape: tuple, **kwargs):
+        """``samplers.get_family(family).sample(params, denoise, key, shape, logsnrs=logsnrs, ...)``."""
+        return samplers.get_family(self.family).sample(self.params, denoise, key, shape, logsnrs=self.logsnrs,
+                                                       **kwargs)
 
-def make_loss(family, denoise: Callable, phi: Callable, real_feats, shape: tuple, *, kernel: str = "linear",
+
+LOSSES = {"linear": metrics.kid_linear_loss, "cubic": lambda f, r: metrics.kid(f, r, kernel="cubic")}
+
+
+def make_loss(family, denoise: Callable, phi: Callable, real_feats, shape: tuple, *, logsnrs, kernel: str = "linear",
               remat: bool = True) -> Callable:
     """``loss(params, key) -> scalar``: KID (``kernel``) between ``phi`` of fresh samples and ``real_feats``."""
     check_choice(kernel, KERNELS, name="kernel")
+    kid_fn = LOSSES[kernel]            # resolved once, here
     real = jnp.asarray(real_feats)
+    logsnrs = jnp.asarray(logsnrs)
 
     def loss(params, key):
-        x = family.sample(params, denoise, key, shape, remat=remat)
-        f = phi(x)
-        return metrics.kid_linear_loss(f, real) if kernel == "linear" else metrics.kid(f, real, kernel="cubic")
+        x = family.sample(params, denoise, key, shape, logsnrs=logsnrs, remat=remat)
+        return kid_fn(phi(x), real)
 
     return loss
 
@@ -75,8 +85,20 @@ def _nonfinite_leaves(tree) -> list[str]:
     return [jax.tree_util.keystr(p) for p, v in flat if not np.all(np.isfinite(np.asarray(v)))]
 
 
+def probe_fingerprints(denoise: Callable, phi: Callable, optimizer, init_params, *, shape: tuple, logsnrs) -> dict:
+    """What the search's result depends on beyond its arguments' values, as digests of probes
+    (:mod:`ddss_lite.store`): the denoiser at three log-SNRs of the grid on fixed noise, the feature
+    map on the same inputs, and the optimiser's first updates from ``init_params``."""
+    z = chain.normal_rows(jax.random.PRNGKey(20220127), (4, *shape[1:]), jnp.float32)
+    lam = np.asarray(logsnrs, np.float64)
+    probe_lams = [float(lam[0]), float(lam[len(lam) // 2]), float(lam[-1])]
+    return {"denoiser": store.fingerprint_fn(lambda: [denoise(z, jnp.float32(l)) for l in probe_lams]),
+            "features": store.fingerprint_fn(phi, z),
+            "optimizer": store.fingerprint_optimizer(optimizer, init_params)}
+
+
 def search(family, denoise: Callable, phi: Callable, real_feats, *, K: int, shape: tuple, key,
-           optimizer: optax.GradientTransformation, steps: int, kernel: str = "linear",
+           optimizer: optax.GradientTransformation, steps: int, logsnrs=None, kernel: str = "linear",
            learn_logsnrs: bool = False, init_params: dict | None = None, remat: bool = True,
            eval_fn: Callable | None = None, eval_every: int = 25, ckpt_path=None, ckpt_every: int = 50,
            config: dict | None = None, desc: str = "ddss", stop_after: int | None = None) -> SearchResult:
@@ -87,11 +109,18 @@ def search(family, denoise: Callable, phi: Callable, real_feats, *, K: int, shap
       denoise: the pre-trained ``denoise(z, logsnr) -> x_hat``.
       phi: feature map ``x -> (N, d)`` the loss is computed in (the *optimisation* features).
       real_feats: ``(M, d)`` features of real data.
-      K: sampler steps; the search starts from ``family.init_from_ddim(K)`` unless ``init_params``.
+      K: sampler steps; the search starts from ``family.init_from_ddim(K, logsnrs=logsnrs)`` unless
+        ``init_params``.
+      logsnrs: the fixed (K+1,) grid (default ``schedules.grid(K)``); with ``learn_logsnrs`` only
+        its two ends are kept and the interior is learned. It is not among the optimised
+        parameters, so no optimiser (weight decay included) can move it.
       shape: the batch of samples per optimisation step, e.g. ``(256, 8, 8, 1)``.
       eval_fn: ``params -> float`` evaluated every ``eval_every`` steps and at the end.
-      ckpt_path: where the search state is written atomically every ``ckpt_every`` steps; a
-        valid checkpoint for the same ``config`` is resumed from.
+      ckpt_path: where the search state is written atomically every ``ckpt_every`` steps. A
+        checkpoint is resumed only if it was written for the same configuration: the arguments
+        above, the key, digests of ``real_feats`` and of the start, probes of the denoiser, the
+        feature map and the optimiser (:func:`probe_fingerprints`), and the caller's ``config``.
+        Anything else is ignored with a warning and the search starts afresh.
       stop_after: stop after this many steps in total, as an interruption would (tests).
 
     Raises ``FloatingPointError`` naming the step if the loss or a gradient is NaN/Inf.
@@ -101,35 +130,37 @@ def search(family, denoise: Callable, phi: Callable, real_feats, *, K: int, shap
     steps = check_K(steps, name="steps")
     check_K(eval_every, name="eval_every")
     check_K(ckpt_every, name="ckpt_every")
+    chain.check_key(key)
+    shape = chain.check_sample_shape(shape)
     if learn_logsnrs and family is not samplers.GGDM:
         raise ValueError(f"learn_logsnrs=True needs the GGDM family (learned timesteps), got {family.name!r}")
     check_choice(kernel, KERNELS, name="kernel")
     check_finite(real_feats, name="real_feats")
+    logsnrs = samplers._family_grid(K, logsnrs)
     if init_params is None:
-        init_params = (family.init_from_ddim(K, learn_logsnrs=True) if learn_logsnrs
-                       else family.init_from_ddim(K))
+        init_params = family.init_from_ddim(K, logsnrs=logsnrs, **({"learn_logsnrs": True} if learn_logsnrs else {}))
     elif family.num_steps(init_params) != K:
         raise ValueError(f"init_params has {family.num_steps(init_params)} steps, but K = {K}")
     check_finite(init_params, name="init_params")
 
-    loss_fn = make_loss(family, denoise, phi, real_feats, shape, kernel=kernel, remat=remat)
+    loss_fn = make_loss(family, denoise, phi, real_feats, shape, logsnrs=logsnrs, kernel=kernel, remat=remat)
     n_evals = steps // eval_every + 2
     state = {"step": jnp.zeros((), jnp.int32), "params": init_params, "opt_state": optimizer.init(init_params),
              "loss": jnp.zeros((steps,), jnp.float32), "eval_steps": -jnp.ones((n_evals,), jnp.int32),
              "eval_values": jnp.full((n_evals,), jnp.nan, jnp.float32)}
-    # Everything the library sees that determines the result; the caller adds what it alone knows
-    # (the model, the feature network's provenance, the optimiser's settings).
     config = dict(config or {}, K=K, steps=steps, kernel=kernel, learn_logsnrs=learn_logsnrs, family=family.name,
-                  shape=list(shape), eval_every=eval_every, format=FORMAT,
+                  shape=list(shape), eval_every=eval_every, format=FORMAT, remat=remat,
                   key=np.asarray(jax.random.key_data(key)).tolist(),
-                  real_feats_sha256=hashlib.sha256(np.ascontiguousarray(real_feats, np.float32).tobytes()).hexdigest(),
-                  init_sha256=hashlib.sha256(serialization.to_bytes(init_params)).hexdigest())
+                  logsnrs=np.asarray(logsnrs, np.float64).tolist(),
+                  real_feats_sha256=store.array_digest(np.asarray(real_feats, np.float32)),
+                  init_sha256=hashlib.sha256(serialization.to_bytes(init_params)).hexdigest(),
+                  probes=probe_fingerprints(denoise, phi, optimizer, init_params, shape=shape, logsnrs=logsnrs))
     if ckpt_path is not None and pathlib.Path(ckpt_path).exists():
         try:
             state = jax.tree_util.tree_map(jnp.asarray, store.load_state(ckpt_path, state, config=config))
-            log.info("resumed search %s at step %d", ckpt_path, int(state["step"]))
+            log.warning("%s: resumed from checkpoint %s at step %d of %d", desc, ckpt_path, int(state["step"]), steps)
         except store.CorruptFile as e:
-            log.warning("ignoring search checkpoint: %s", e)
+            log.warning("%s: ignoring search checkpoint (starting afresh): %s", desc, e)
 
     @jax.jit
     def update(params, opt_state, key):
@@ -150,7 +181,7 @@ def search(family, denoise: Callable, phi: Callable, real_feats, *, K: int, shap
     end = steps if stop_after is None else min(steps, stop_after)
     if start == 0:
         state = record_eval(state, 0)
-    with tqdm(total=steps, initial=start, desc=desc, mininterval=2.0, leave=False) as bar:
+    with progress.bar(total=steps, initial=start, desc=desc) as bar:
         for i in range(start, end):
             params, opt_state, loss, grads = update(state["params"], state["opt_state"], jax.random.fold_in(key, i))
             loss = float(loss)
@@ -168,5 +199,5 @@ def search(family, denoise: Callable, phi: Callable, real_feats, *, K: int, shap
             if ckpt_path is not None and ((i + 1) % ckpt_every == 0 or i + 1 == end):
                 store.save_state(ckpt_path, state, config=config)
     keep = np.asarray(state["eval_steps"]) >= 0
-    return SearchResult(state["params"], np.asarray(state["loss"]), np.asarray(state["eval_steps"])[keep],
-                        np.asarray(state["eval_values"])[keep])
+    return SearchResult(family.name, state["params"], np.asarray(logsnrs), np.asarray(state["loss"]),
+                        np.asarray(state["eval_steps"])[keep], np.asarray(state["eval_values"])[keep])

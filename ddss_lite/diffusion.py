@@ -29,49 +29,58 @@ def _bcast(a, z):
     return a.reshape(a.shape + (1,) * (z.ndim - a.ndim)) if a.ndim else a
 
 
-def q_sample(x, eps, logsnr):
+def q_sample(*, x, eps, logsnr):
     """Sample the forward marginal ``q(z_t | x)``: ``z_t = alpha_t x + sigma_t eps``."""
     alpha, sigma = alpha_sigma(logsnr)
     return _bcast(alpha, x) * x + _bcast(sigma, x) * eps
 
 
-def eps_from_x(z, x_hat, logsnr):
+# The conversions take keyword arguments only: two arrays of the same shape and type must never be
+# swappable by position (``x_from_eps(z=z, eps=eps_hat, logsnr=lam)``).
+
+
+def eps_from_x(*, z, x, logsnr):
     """``eps = (z - alpha x) / sigma``."""
     alpha, sigma = alpha_sigma(logsnr)
-    return (z - _bcast(alpha, z) * x_hat) / _bcast(sigma, z)
+    return (z - _bcast(alpha, z) * x) / _bcast(sigma, z)
 
 
-def x_from_eps(z, eps_hat, logsnr):
+def x_from_eps(*, z, eps, logsnr):
     """``x = (z - sigma eps) / alpha``."""
     alpha, sigma = alpha_sigma(logsnr)
-    return (z - _bcast(sigma, z) * eps_hat) / _bcast(alpha, z)
+    return (z - _bcast(sigma, z) * eps) / _bcast(alpha, z)
 
 
-def v_from_x_eps(x, eps, logsnr):
+def v_from_x_eps(*, x, eps, logsnr):
     """``v = alpha eps - sigma x``."""
     alpha, sigma = alpha_sigma(logsnr)
     return _bcast(alpha, x) * eps - _bcast(sigma, x) * x
 
 
-def x_from_v(z, v_hat, logsnr):
+def x_from_v(*, z, v, logsnr):
     """``x = alpha z - sigma v`` (since alpha^2 + sigma^2 = 1)."""
     alpha, sigma = alpha_sigma(logsnr)
-    return _bcast(alpha, z) * z - _bcast(sigma, z) * v_hat
+    return _bcast(alpha, z) * z - _bcast(sigma, z) * v
 
 
-def eps_from_v(z, v_hat, logsnr):
+def eps_from_v(*, z, v, logsnr):
     """``eps = sigma z + alpha v``."""
     alpha, sigma = alpha_sigma(logsnr)
-    return _bcast(sigma, z) * z + _bcast(alpha, z) * v_hat
+    return _bcast(sigma, z) * z + _bcast(alpha, z) * v
 
 
 PREDICTIONS = ("eps", "x", "v")
+_TO_X_HAT = {
+    "eps": lambda z, out, logsnr: x_from_eps(z=z, eps=out, logsnr=logsnr),
+    "x": lambda z, out, logsnr: out,
+    "v": lambda z, out, logsnr: x_from_v(z=z, v=out, logsnr=logsnr),
+}
 
 
 def to_x_hat(prediction: str):
-    """The map ``(z, net_output, logsnr) -> x_hat`` for a network predicting ``prediction``."""
+    """Resolve ``prediction`` (one of :data:`PREDICTIONS`) once into ``(z, net_output, logsnr) -> x_hat``."""
     check_choice(prediction, PREDICTIONS, name="prediction")
-    return {"eps": x_from_eps, "x": lambda z, x, logsnr: x, "v": x_from_v}[prediction]
+    return _TO_X_HAT[prediction]
 
 
 def make_denoiser(apply_fn, params, *, prediction: str = "eps", clip: float | None = None) -> Denoiser:
@@ -80,6 +89,8 @@ def make_denoiser(apply_fn, params, *, prediction: str = "eps", clip: float | No
     ``logsnr`` may be a scalar; it is broadcast to the batch. ``clip`` clips ``x_hat`` to ``[-clip, clip]``.
     """
     convert = to_x_hat(prediction)
+    if clip is not None and not float(clip) > 0:
+        raise ValueError(f"clip must be > 0 or None, got {clip!r}")
 
     def denoise(z, logsnr):
         logsnr_b = jnp.broadcast_to(jnp.asarray(logsnr, z.dtype), z.shape[:1])
@@ -90,31 +101,54 @@ def make_denoiser(apply_fn, params, *, prediction: str = "eps", clip: float | No
 
 
 WEIGHTINGS = ("eps", "v", "snr_trunc", "x")
+_WEIGHTS = {
+    "eps": lambda snr: snr,
+    "v": lambda snr: 1.0 + snr,
+    "snr_trunc": lambda snr: jnp.maximum(snr, 1.0),
+    "x": lambda snr: jnp.ones_like(snr),
+}
 
 
-def loss_weight(logsnr, weighting: str):
-    """Per-example weight on ``||x - x_hat||^2`` for the denoising loss.
+def weight_fn(weighting: str):
+    """Resolve ``weighting`` once into ``logsnr -> w``, the per-example weight on ``||x - x_hat||^2``.
 
     ``"eps"``: ``SNR`` (the eps-MSE of Ho et al. 2020); ``"v"``: ``1 + SNR`` (the v-MSE,
     since ``x - x_hat = sigma (v - v_hat)``); ``"snr_trunc"``: ``max(SNR, 1)`` (truncated SNR,
     Salimans & Ho 2022, eq. 9); ``"x"``: 1.
     """
     check_choice(weighting, WEIGHTINGS, name="weighting")
-    snr = jnp.exp(logsnr)
-    return {"eps": snr, "v": 1.0 + snr, "snr_trunc": jnp.maximum(snr, 1.0), "x": jnp.ones_like(snr)}[weighting]
+    w = _WEIGHTS[weighting]
+    return lambda logsnr: w(jnp.exp(logsnr))
+
+
+def loss_weight(logsnr, weighting: str):
+    """``weight_fn(weighting)(logsnr)``."""
+    return weight_fn(weighting)(logsnr)
+
+
+def make_denoising_loss(apply_fn, *, logsnr_fn, prediction: str = "eps", weighting: str = "eps"):
+    """``loss(params, x, key)``: the Monte-Carlo denoising loss ``E_{t, eps} w(lambda_t) ||x - x_hat(z_t)||^2 / dim``.
+
+    ``t ~ U[0, 1]`` per example and ``lambda_t = logsnr_fn(t)``. ``prediction`` and ``weighting``
+    are resolved here, once. With ``weighting="eps"`` the loss equals the eps-prediction MSE
+    ``||eps - eps_hat||^2`` used to train DDPM.
+    """
+    convert, weight = to_x_hat(prediction), weight_fn(weighting)
+
+    def loss(params, x, key):
+        k_t, k_eps = jax.random.split(key)
+        t = jax.random.uniform(k_t, x.shape[:1])
+        logsnr = logsnr_fn(t)
+        eps = jax.random.normal(k_eps, x.shape, x.dtype)
+        z = q_sample(x=x, eps=eps, logsnr=logsnr)
+        x_hat = convert(z, apply_fn(params, z, logsnr), logsnr)
+        per_ex = jnp.mean(jnp.square(x - x_hat).reshape(x.shape[0], -1), axis=1)
+        return jnp.mean(weight(logsnr) * per_ex)
+
+    return loss
 
 
 def denoising_loss(apply_fn, params, x, key, *, logsnr_fn, prediction: str = "eps", weighting: str = "eps"):
-    """Monte-Carlo denoising loss ``E_{t, eps} w(lambda_t) ||x - x_hat(z_t)||^2 / dim``.
-
-    ``t ~ U[0, 1]`` per example and ``lambda_t = logsnr_fn(t)``. With ``weighting="eps"`` this
-    equals the eps-prediction MSE ``||eps - eps_hat||^2`` used to train DDPM.
-    """
-    k_t, k_eps = jax.random.split(key)
-    t = jax.random.uniform(k_t, x.shape[:1])
-    logsnr = logsnr_fn(t)
-    eps = jax.random.normal(k_eps, x.shape, x.dtype)
-    z = q_sample(x, eps, logsnr)
-    x_hat = to_x_hat(prediction)(z, apply_fn(params, z, logsnr), logsnr)
-    per_ex = jnp.mean(jnp.square(x - x_hat).reshape(x.shape[0], -1), axis=1)
-    return jnp.mean(loss_weight(logsnr, weighting) * per_ex)
+    """One evaluation of :func:`make_denoising_loss` (build the loss once when calling it repeatedly)."""
+    return make_denoising_loss(apply_fn, logsnr_fn=logsnr_fn, prediction=prediction, weighting=weighting)(
+        params, x, key)

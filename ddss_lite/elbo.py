@@ -143,7 +143,7 @@ def _sq_err(denoise, x, key, lam):
         k_j = jax.random.fold_in(key, j)
         eps = jax.vmap(lambda b: jax.random.normal(jax.random.fold_in(k_j, b), x.shape[1:], x.dtype))(
             jnp.arange(x.shape[0]))
-        x_hat = denoise(q_sample(x, eps, lam_j.astype(x.dtype)), lam_j.astype(x.dtype))
+        x_hat = denoise(q_sample(x=x, eps=eps, logsnr=lam_j.astype(x.dtype)), lam_j.astype(x.dtype))
         return jnp.sum(jnp.square(x - x_hat).reshape(x.shape[0], -1), axis=1)
 
     return lax.map(one, (jnp.arange(lam.shape[0]), lam))

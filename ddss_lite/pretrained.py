@@ -53,10 +53,9 @@ def _adam(profile: Profile, steps: int):
 
 
 def _train_denoiser(name, module, config, sample_x, x_shape, profile, key):
-    apply = nets.apply_fn(module)
-    loss_fn = lambda p, k: diffusion.denoising_loss(
-        apply, p, sample_x(jax.random.fold_in(k, 1)), jax.random.fold_in(k, 2),
-        logsnr_fn=schedules.logsnr_cosine, prediction="v", weighting="v")
+    denoising = diffusion.make_denoising_loss(nets.apply_fn(module), logsnr_fn=schedules.logsnr_cosine,
+                                              prediction="v", weighting="v")
+    loss_fn = lambda p, k: denoising(p, sample_x(jax.random.fold_in(k, 1)), jax.random.fold_in(k, 2))
     k_init, k_train = jax.random.split(key)
     init = lambda: module.init(k_init, jnp.zeros((1, *x_shape)), jnp.zeros((1,)))["params"]
     steps = config["steps"]

@@ -83,6 +83,65 @@ def load_state(path, template, *, config: dict):
     if saved != canonical_json(config):
         raise CorruptFile(f"{path}: written for another config (stale)")
     try:
-        return serialization.from_bytes(template, payload)
+        restored = serialization.from_bytes(template, payload)
     except Exception as e:
         raise CorruptFile(f"{path}: does not fit the expected structure ({e})") from e
+    _check_like(restored, template, path)
+    return restored
+
+
+def _check_like(restored, template, path) -> None:
+    """Every leaf of ``restored`` must have its template leaf's shape and dtype."""
+    import jax
+    import numpy as np
+
+    got = jax.tree_util.tree_flatten_with_path(restored)[0]
+    want = jax.tree_util.tree_leaves(template)
+    for (where, a), b in zip(got, want):
+        sa, sb = np.shape(a), np.shape(b)
+        da, db = np.asarray(a).dtype, np.asarray(b).dtype
+        if sa != sb or da != db:
+            raise CorruptFile(f"{path}: leaf {jax.tree_util.keystr(where)} is {da}{list(sa)}, "
+                              f"expected {db}{list(sb)} (written by a run of another size)")
+
+
+# --------------------------------------------------------------------------- fingerprints
+# What determines a result must be in the key of its checkpoint. A function (a denoiser, a
+# feature map, a loss) or an optax optimiser cannot be hashed by identity across processes, so
+# it is *probed*: evaluated on fixed inputs, and the outputs are hashed. Two functions with the
+# same fingerprint agree on the probe; another model, feature network or learning rate differs.
+
+
+def array_digest(tree) -> str:
+    """SHA-256 of the values, shapes and dtypes of every leaf of ``tree`` (a pytree of arrays)."""
+    import jax
+    import numpy as np
+
+    h = hashlib.sha256()
+    for leaf in jax.tree_util.tree_leaves(tree):
+        a = np.ascontiguousarray(np.asarray(leaf))
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def fingerprint_fn(fn, *probe_args) -> str:
+    """:func:`array_digest` of ``fn(*probe_args)``: a fixed probe's outputs identify the function."""
+    return array_digest(fn(*probe_args))
+
+
+def fingerprint_optimizer(optimizer, params, *, steps: int = 3) -> str:
+    """Probe an optax ``optimizer``: from ``init(params)``, ``steps`` updates with fixed pseudo-gradients
+    (``0.1 (j + 1)`` in every entry, then ``-0.05 ...``); the digest of the updates captures the
+    learning rate, its schedule, weight decay, momentum and clipping."""
+    import jax
+    import jax.numpy as jnp
+
+    state = optimizer.init(params)
+    outs = []
+    for j in range(steps):
+        g = jax.tree_util.tree_map(lambda p, j=j: jnp.full(jnp.shape(p), (0.1 if j % 2 == 0 else -0.05) * (j + 1),
+                                                            jnp.result_type(p)), params)
+        upd, state = optimizer.update(g, state, params)
+        outs.append(upd)
+    return array_digest(outs)

@@ -14,9 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from tqdm.auto import tqdm
-
-from ddss_lite import store
+from ddss_lite import progress, store
 from ddss_lite.validate import check_K
 
 log = logging.getLogger(__name__)
@@ -48,32 +46,59 @@ def make_step(loss_fn: Callable, optimizer: optax.GradientTransformation, ema_de
     return step
 
 
+def run_config(loss_fn: Callable, params, *, key, steps: int, optimizer: optax.GradientTransformation,
+               ema_decay: float, config: dict | None = None) -> dict:
+    """Everything that determines the result of :func:`fit`: the caller's ``config``, ``steps``, the
+    EMA decay, the key, a digest of the initial ``params``, and probes (:mod:`ddss_lite.store`) of
+    ``loss_fn`` (its value and gradient at ``params`` for a fixed key: the data, the model and the
+    loss) and of ``optimizer`` (its first updates: learning rate, schedule, decay, clipping)."""
+    probe_key = jax.random.PRNGKey(11235)
+    probe = jax.value_and_grad(loss_fn)      # eager: no compile of its own
+    return dict(config or {}, steps=int(steps), ema_decay=float(ema_decay),
+                key=np.asarray(jax.random.key_data(key)).tolist(),
+                init_sha256=store.array_digest(params),
+                loss_probe=store.fingerprint_fn(probe, params, probe_key),
+                optimizer_probe=store.fingerprint_optimizer(optimizer, params))
+
+
 def fit(loss_fn: Callable, params, *, key, steps: int, optimizer: optax.GradientTransformation,
         ema_decay: float = 0.999, ckpt_path=None, ckpt_every: int = 1000, config: dict | None = None,
         desc: str = "train", stop_after: int | None = None) -> TrainState:
     """Minimise ``loss_fn(params, key_i)`` for ``steps`` steps with ``key_i = fold_in(key, i)``.
 
     With ``ckpt_path`` the state is written atomically every ``ckpt_every`` steps and at the
-    end, and a valid checkpoint for the same ``config`` is resumed from. ``stop_after`` ends
-    the loop early (after that many steps in total) as an interruption would; used by tests.
+    end. A checkpoint there is resumed (with a warning saying so) only if it was written for the
+    same run: :func:`run_config` of these arguments, which includes ``config`` and probes of the
+    loss and the optimiser; otherwise it is ignored with a warning and training starts afresh.
+    ``stop_after`` ends the loop early (after that many steps in total) as an interruption
+    would; used by tests.
     """
     check_K(steps, name="steps")
     check_K(ckpt_every, name="ckpt_every")
     if not 0.0 <= ema_decay <= 1.0:
         raise ValueError(f"ema_decay must be in [0, 1], got {ema_decay}")
-    config = dict(config or {})
+    if ckpt_path is not None:
+        config = run_config(loss_fn, params, key=key, steps=steps, optimizer=optimizer, ema_decay=ema_decay,
+                            config=config)
+    return _fit(loss_fn, params, key=key, steps=steps, optimizer=optimizer, ema_decay=ema_decay,
+                ckpt_path=ckpt_path, ckpt_every=ckpt_every, config=config, desc=desc, stop_after=stop_after)
+
+
+def _fit(loss_fn, params, *, key, steps, optimizer, ema_decay, ckpt_path, ckpt_every, config, desc, stop_after):
+    """:func:`fit` with ``config`` already complete (:func:`run_config`)."""
     state = init_state(params, optimizer, steps)
     if ckpt_path is not None and pathlib.Path(ckpt_path).exists():
         try:
             state = store.load_state(ckpt_path, state, config=config)
-            log.info("resumed %s at step %d", ckpt_path, int(state.step))
+            if int(state.step) < steps:
+                log.warning("%s: resumed from checkpoint %s at step %d of %d", desc, ckpt_path, int(state.step), steps)
         except store.CorruptFile as e:
-            log.warning("ignoring checkpoint: %s", e)
+            log.warning("%s: ignoring checkpoint (training afresh): %s", desc, e)
             state = init_state(params, optimizer, steps)
     step_fn = make_step(loss_fn, optimizer, ema_decay)
     start = checked = int(state.step)
     end = steps if stop_after is None else min(steps, stop_after)
-    with tqdm(total=steps, initial=start, desc=desc, mininterval=2.0, leave=False) as bar:
+    with progress.bar(total=steps, initial=start, desc=desc) as bar:
         for i in range(start, end):
             state = step_fn(state, jax.random.fold_in(key, i))
             save = ckpt_path is not None and ((i + 1) % ckpt_every == 0 or i + 1 == end)
@@ -101,8 +126,9 @@ def load_or_train(name: str, config: dict, init_params: Callable[[], dict], loss
     if "steps" not in config:
         raise ValueError("config must contain 'steps' (the number of optimisation steps)")
     steps = int(config["steps"])
-    config = dict(config, key=np.asarray(jax.random.key_data(key)).tolist())  # the key determines the result too
-    path = pathlib.Path(cache_dir) / f"{name}-{store.config_hash(config)}.ckpt"
-    return fit(loss_fn, init_params(), key=key, steps=steps, optimizer=optimizer, ema_decay=ema_decay,
-               ckpt_path=path, ckpt_every=ckpt_every, config=config, desc=name)
+    params = init_params()
+    full = run_config(loss_fn, params, key=key, steps=steps, optimizer=optimizer, ema_decay=ema_decay, config=config)
+    path = pathlib.Path(cache_dir) / f"{name}-{store.config_hash(full)}.ckpt"
+    return _fit(loss_fn, params, key=key, steps=steps, optimizer=optimizer, ema_decay=ema_decay,
+                ckpt_path=path, ckpt_every=ckpt_every, config=full, desc=name, stop_after=None)
 
