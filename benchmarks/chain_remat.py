@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ddss_lite import samplers
+from ddss_lite import samplers, schedules
 
 
 def mlp_params(key, *, dim, width, depth):
@@ -43,7 +43,8 @@ def mlp_denoiser(weights):
 
 def loss(params, denoise, key, shape, remat):
     """A scalar of the samples (stands in for the KID of DDSS): mean of z^2 plus a linear term."""
-    z = samplers.GGDM.sample(params, denoise, key, shape, remat=remat)
+    z = samplers.GGDM.sample(params, denoise, key, shape, logsnrs=schedules.grid(samplers.GGDM.num_steps(params)),
+                             remat=remat)
     return jnp.mean(z**2) + jnp.mean(z)
 
 

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ddss_lite import ddss, diffusion, nets, samplers
+from ddss_lite import ddss, diffusion, nets, samplers, schedules
 from ddss_lite.profiles import get_profile
 
 
@@ -56,7 +56,7 @@ def main(argv=None):
     for K in (5, 10, 20):
         p0 = samplers.GGDM.init_from_ddim(K)
         for remat in (True, False):
-            loss = ddss.make_loss(samplers.GGDM, denoise, phi, real, shape, remat=remat)
+            loss = ddss.make_loss(samplers.GGDM, denoise, phi, real, shape, logsnrs=schedules.grid(K), remat=remat)
 
             @jax.jit
             def step(p, s, k):

@@ -165,6 +165,15 @@ def raise_if_nonfinite(ok, *, what: str = "the denoiser's x_hat"):
         jax.debug.callback(functools.partial(_raise_first_bad, what=what), ok)
 
 
+def nonfinite_message(error: BaseException) -> str | None:
+    """The message of :func:`raise_if_nonfinite` inside ``error`` (e.g. the runtime error a compiled
+    call raises when the check fired under ``jit``), or ``None`` if it is not such an error."""
+    for line in reversed(str(error).splitlines()):
+        if "is not finite (NaN or Inf) at step" in line:
+            return line.split("ValueError: ", 1)[-1].strip()
+    return None
+
+
 def finish(z, trajectory, return_trajectory: bool):
     """``(z, trajectory)`` when ``return_trajectory`` else ``z``."""
     return (z, trajectory) if return_trajectory else z

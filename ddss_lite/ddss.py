@@ -183,8 +183,15 @@ def search(family, denoise: Callable, phi: Callable, real_feats, *, K: int, shap
         state = record_eval(state, 0)
     with progress.bar(total=steps, initial=start, desc=desc) as bar:
         for i in range(start, end):
-            params, opt_state, loss, grads = update(state["params"], state["opt_state"], jax.random.fold_in(key, i))
-            loss = float(loss)
+            try:
+                params, opt_state, loss, grads = update(state["params"], state["opt_state"],
+                                                        jax.random.fold_in(key, i))
+                loss = float(loss)
+            except Exception as e:          # the sampler's finiteness check, raised from the compiled step
+                msg = chain.nonfinite_message(e)
+                if msg is None:
+                    raise
+                raise FloatingPointError(f"{desc}: at search step {i}, {msg}") from None
             if not np.isfinite(loss):
                 raise FloatingPointError(f"{desc}: the loss is {loss} at step {i}")
             bad = _nonfinite_leaves(grads)

@@ -264,8 +264,9 @@ def heun(denoise, key, shape, *, logsnrs, first_euler: bool = True, last_euler: 
     corr = -0.5 * sigma_s * jnp.expm1(0.5 * (logsnr_s - logsnr_t))
     flags = _heun_flags(K, first_euler, last_euler)
     if _concrete(logsnrs):
-        st, ss = np.asarray(sigma_t), np.asarray(sigma_s)
-        bad = np.flatnonzero(flags & ((st == 0) | (ss == 0)))
+        with np.errstate(over="ignore"):
+            sig = np.sqrt(1.0 / (1.0 + np.exp(np.asarray(logsnrs).astype(np.dtype(dtype)))))  # sigma, in dtype
+        bad = np.flatnonzero(flags & ((sig[:-1] == 0) | (sig[1:] == 0)))
         if bad.size:
             raise ValueError(f"logsnrs: Heun step {int(bad[0])} ends at log-SNR {float(logsnrs[bad[0] + 1]):.4g}, "
                              f"where sigma = 0 in {jnp.dtype(dtype).name}; use last_euler=True or a grid "

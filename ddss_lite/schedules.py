@@ -45,8 +45,12 @@ def logsnr_cosine(t, *, logsnr_min: float = LOGSNR_MIN, logsnr_max: float = LOGS
         raise ValueError(f"logsnr_min must be < logsnr_max, got {logsnr_min} >= {logsnr_max}")
     b = np.arctan(np.exp(-0.5 * logsnr_max))
     a = np.arctan(np.exp(-0.5 * logsnr_min)) - b
-    if isinstance(t, (np.ndarray, float, int)):  # host input: float64, exact endpoints
-        return -2.0 * np.log(np.tan(a * np.asarray(t, np.float64) + b))
+    if isinstance(t, (np.ndarray, np.generic, float, int)):  # host input: float64, exact endpoints
+        t64 = np.asarray(t, np.float64)
+        if not np.all((t64 >= 0.0) & (t64 <= 1.0)):           # NaN fails too
+            bad = t64[~((t64 >= 0.0) & (t64 <= 1.0))]
+            raise ValueError(f"t must be in [0, 1] (0 = data, 1 = noise), got {bad.ravel()[:5].tolist()}")
+        return -2.0 * np.log(np.tan(a * t64 + b))
     return -2.0 * jnp.log(jnp.tan(a * jnp.asarray(t, jnp.float32) + b))
 
 
@@ -94,6 +98,6 @@ def grid(K: int, *, kind: str = "even", schedule=logsnr_cosine):
     """
     if kind not in _GRIDS:
         raise ValueError(f"kind must be one of {sorted(_GRIDS)}, got {kind!r}")
-    logsnrs = jnp.asarray(schedule(_GRIDS[kind](K)), jnp.float32)
-    check_increasing(logsnrs, name="logsnrs")
-    return logsnrs
+    logsnrs = np.asarray(np.asarray(schedule(_GRIDS[kind](K)), np.float64).astype(np.float32))
+    check_increasing(logsnrs, name="logsnrs")    # on the host, in float32: also inside a jit trace
+    return jnp.asarray(logsnrs)

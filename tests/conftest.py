@@ -1,6 +1,24 @@
+"""Shared test fixtures: a fresh build directory per run, and Gaussian data with its closed forms.
+
+For data ``x ~ N(m, s^2)`` per dimension every quantity a sampler needs is closed form, so
+solvers can be checked against exact answers (DESIGN.md section 7):
+
+* the denoiser ``x_hat(z, lambda) = m + g(lambda) (z - alpha m)``, ``g = alpha s^2 / v``,
+  ``v(lambda) = alpha^2 s^2 + sigma^2`` (the variance of ``z_lambda``);
+* the probability-flow map from ``lambda_t`` to ``lambda_s``:
+  ``z_s = alpha_s m + sqrt(v_s / v_t) (z_t - alpha_t m)`` (it maps N(alpha_t m, v_t) onto
+  N(alpha_s m, v_s) monotonically, which is what the ODE's flow does in one dimension).
+
+Import with ``from conftest import GaussianData`` (pytest puts ``tests/`` on ``sys.path``).
+"""
+import dataclasses
 import os
 
+import jax.numpy as jnp
+import numpy as np
 import pytest
+
+from ddss_lite.schedules import alpha_sigma
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -14,3 +32,50 @@ def build_dir(tmp_path_factory):
         os.environ.pop("DDSS_BUILD_DIR", None)
     else:
         os.environ["DDSS_BUILD_DIR"] = old
+
+
+@dataclasses.dataclass(frozen=True)
+class GaussianData:
+    """Data ``N(m, s^2)`` in every dimension and its closed forms (module docstring)."""
+
+    m: float = 0.3
+    s: float = 0.5
+
+    def variance(self, logsnr):
+        alpha, sigma = alpha_sigma(logsnr)
+        return alpha**2 * self.s**2 + sigma**2
+
+    def gain(self, logsnr):
+        """``g`` with ``x_hat = m + g (z - alpha m)``."""
+        alpha, _ = alpha_sigma(logsnr)
+        return alpha * self.s**2 / self.variance(logsnr)
+
+    def denoise(self, z, logsnr):
+        alpha, _ = alpha_sigma(logsnr)
+        return self.m + self.gain(logsnr) * (z - alpha * self.m)
+
+    def flow(self, z_t, *, logsnr_t, logsnr_s):
+        """The exact probability-flow map from ``logsnr_t`` to ``logsnr_s``."""
+        alpha_t, _ = alpha_sigma(logsnr_t)
+        alpha_s, _ = alpha_sigma(logsnr_s)
+        return alpha_s * self.m + jnp.sqrt(self.variance(logsnr_s) / self.variance(logsnr_t)) * (z_t - alpha_t * self.m)
+
+    def variance64(self, logsnr):
+        """:meth:`variance` in float64 NumPy (``alpha^2 = 1 / (1 + e^-lambda)``)."""
+        a2 = 1.0 / (1.0 + np.exp(-np.asarray(logsnr, np.float64)))
+        return a2 * self.s**2 + (1.0 - a2)
+
+    def gain64(self, logsnr):
+        """:meth:`gain` in float64 NumPy."""
+        a = np.sqrt(1.0 / (1.0 + np.exp(-np.asarray(logsnr, np.float64))))
+        return a * self.s**2 / self.variance64(logsnr)
+
+    def flow_gain(self, logsnr_t, logsnr_s) -> float:
+        """``d z_s / d z_t`` of the exact flow, float64 on the host."""
+        return float(np.sqrt(self.variance64(logsnr_s) / self.variance64(logsnr_t)))
+
+
+@pytest.fixture
+def gaussian():
+    """The default Gaussian data, ``N(0.3, 0.5^2)``."""
+    return GaussianData()

@@ -42,14 +42,15 @@ def perturbed_ggdm(K, key, dtype):
     params = dict(params,
                   mu=params["mu"] + 0.02 * tril * jax.random.normal(ks[0], (K, K)),
                   nu=params["nu"] + 0.02 * tril * jax.random.normal(ks[1], (K, K)),
-                  s=params["s"] + 0.05 * jax.random.normal(ks[2], (K,)),
+                  c=params["c"] + 0.05 * jax.random.normal(ks[2], (K,)),
                   logsnr_logits=params["logsnr_logits"] + 0.1 * jax.random.normal(ks[3], (K,)))
     return jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype), params)
 
 
 def sample_loss(params, denoise, key, shape, *, remat):
     """A smooth scalar of the samples (stands in for KID): mean of sin(z) + z^2 / 2."""
-    z = samplers.GGDM.sample(params, denoise, key, shape, remat=remat)
+    z = samplers.GGDM.sample(params, denoise, key, shape, logsnrs=schedules.grid(samplers.GGDM.num_steps(params)),
+                             remat=remat)
     return jnp.mean(jnp.sin(z) + 0.5 * z**2)
 
 
@@ -101,7 +102,7 @@ def test_remat_gradients_equal_plain_gradients_ggdm_k10_and_use_less_memory():
         np.testing.assert_allclose(grads[True][name], grads[False][name], rtol=1e-4, atol=1e-6, err_msg=name)
     assert float(jnp.max(jnp.abs(grads[True]["logsnr_logits"]))) > 0     # learned time gets a gradient
     assert float(jnp.max(jnp.abs(jnp.triu(grads[True]["mu"], 1)))) == 0  # the future gets none
-    assert float(jnp.max(jnp.abs(grads[True]["logsnr_range"]))) == 0    # fixed endpoints
+    assert set(grads[True]) == {"mu", "nu", "c", "logsnr_logits"}       # the grid's ends are not parameters
     assert temp[True] < 0.5 * temp[False], temp
 
 
@@ -134,7 +135,6 @@ def test_gradient_matches_central_finite_differences_float64():
             ks = jax.random.split(jax.random.PRNGKey(10 + seed), len(leaves))
             d = jax.tree_util.tree_unflatten(treedef, [jax.random.normal(k, l.shape, jnp.float64)
                                                        for k, l in zip(ks, leaves)])
-            d["logsnr_range"] = jnp.zeros(2)                    # fixed endpoints (stop_gradient)
             h = 1e-5
             plus = jax.tree_util.tree_map(lambda p, v: p + h * v, params, d)
             minus = jax.tree_util.tree_map(lambda p, v: p - h * v, params, d)
@@ -155,7 +155,7 @@ SHARDED_SCRIPT = textwrap.dedent("""
     key, g = jax.random.PRNGKey(5), schedules.grid(6)
     params = samplers.GGDM.init_from_ddpm(6)
     fns = {"ddpm": lambda k, s: samplers.ddpm(denoise, k, s, logsnrs=g),
-           "ggdm": lambda k, s: samplers.GGDM.sample(params, denoise, k, s)}
+           "ggdm": lambda k, s: samplers.GGDM.sample(params, denoise, k, s, logsnrs=g)}
     for name, B in (("ddpm", 64), ("ggdm", 10)):   # 10 rows on 4 devices: padded to 12
         fn = fns[name]
         if True:

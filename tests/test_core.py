@@ -29,15 +29,22 @@ def test_alpha_sigma_variance_preserving():
     np.testing.assert_allclose(jnp.log(a**2 / s**2)[20:80], lam[20:80], atol=1e-4)
 
 
-def test_ddpm_schedule_matches_cumprod_definition():
-    lam = schedules.ddpm_logsnr(1000)
-    betas = np.linspace(1e-4, 0.02, 1000)
-    abar = np.cumprod(1 - betas)
-    np.testing.assert_allclose(lam, np.log(abar / (1 - abar)), rtol=1e-10)
-    assert np.all(np.diff(lam) < 0) and lam.shape == (1000,)
-    # Known endpoints of the linear schedule: alpha_bar_1 = 1 - 1e-4, alpha_bar_T ~ 4.0e-5.
-    assert lam[0] == pytest.approx(np.log((1 - 1e-4) / 1e-4))
-    assert abar[-1] == pytest.approx(4.04e-5, rel=0.01)
+def test_ddpm_schedule_matches_a_high_precision_product():
+    """Against an independent reference: ``bar_alpha_t = prod_{s<=t} (1 - beta_s)`` and
+    ``lambda_t = ln(bar_alpha_t / (1 - bar_alpha_t))`` in 40-digit decimal arithmetic."""
+    from decimal import Decimal, getcontext
+
+    getcontext().prec = 40
+    T = 1000
+    lam = schedules.ddpm_logsnr(T)
+    assert np.all(np.diff(lam) < 0) and lam.shape == (T,)
+    b1, bT = Decimal("1e-4"), Decimal("0.02")
+    abar = Decimal(1)
+    for t in range(1, T + 1):
+        abar *= 1 - (b1 + (bT - b1) * (t - 1) / (T - 1))
+        if t in (1, 2, 10, 500, 999, 1000):
+            ref = float((abar / (1 - abar)).ln())
+            assert lam[t - 1] == pytest.approx(ref, rel=1e-12, abs=1e-12), t
 
 
 @pytest.mark.parametrize("kind", ["even", "quadratic"])
@@ -53,7 +60,8 @@ def test_forward_marginals():
     key = jax.random.PRNGKey(0)
     x = jnp.full((200_000, 1), -0.4)
     for lam in (-3.0, 0.0, 2.5):
-        z = diffusion.q_sample(x, jax.random.normal(jax.random.fold_in(key, int(lam * 10) + 100), x.shape), lam)
+        eps = jax.random.normal(jax.random.fold_in(key, int(lam * 10) + 100), x.shape)
+        z = diffusion.q_sample(x=x, eps=eps, logsnr=lam)
         a, s = schedules.alpha_sigma(lam)
         assert float(z.mean()) == pytest.approx(float(-0.4 * a), abs=5 * float(s) / np.sqrt(x.shape[0]))
         assert float(z.std()) == pytest.approx(float(s), rel=0.01)
@@ -64,19 +72,23 @@ def test_conversions_round_trip():
     x = jax.random.normal(k1, (16, 8, 8, 1))
     eps = jax.random.normal(k2, x.shape)
     lam = jax.random.uniform(k3, (16,), minval=-8, maxval=8)
-    z = diffusion.q_sample(x, eps, lam)
-    v = diffusion.v_from_x_eps(x, eps, lam)
-    np.testing.assert_allclose(diffusion.x_from_eps(z, eps, lam), x, atol=2e-3)
-    np.testing.assert_allclose(diffusion.eps_from_x(z, x, lam), eps, atol=2e-3)
-    np.testing.assert_allclose(diffusion.x_from_v(z, v, lam), x, atol=1e-5)
-    np.testing.assert_allclose(diffusion.eps_from_v(z, v, lam), eps, atol=1e-5)
+    z = diffusion.q_sample(x=x, eps=eps, logsnr=lam)
+    v = diffusion.v_from_x_eps(x=x, eps=eps, logsnr=lam)
+    np.testing.assert_allclose(diffusion.x_from_eps(z=z, eps=eps, logsnr=lam), x, atol=2e-3)
+    np.testing.assert_allclose(diffusion.eps_from_x(z=z, x=x, logsnr=lam), eps, atol=2e-3)
+    np.testing.assert_allclose(diffusion.x_from_v(z=z, v=v, logsnr=lam), x, atol=1e-5)
+    np.testing.assert_allclose(diffusion.eps_from_v(z=z, v=v, logsnr=lam), eps, atol=1e-5)
+    with pytest.raises(TypeError):
+        diffusion.x_from_eps(z, eps, lam)          # two same-typed arrays are never positional
 
 
 def test_denoiser_adapters_agree():
     """An eps-, x- and v-network that are exact for a point mass all give x_hat = m."""
     m = 0.3
-    for pred, out in {"eps": lambda z, lam: diffusion.eps_from_x(z, m, lam), "x": lambda z, lam: jnp.full_like(z, m),
-                      "v": lambda z, lam: diffusion.v_from_x_eps(jnp.full_like(z, m), diffusion.eps_from_x(z, m, lam), lam)}.items():
+    eps_of = lambda z, lam: diffusion.eps_from_x(z=z, x=m, logsnr=lam)
+    for pred, out in {"eps": eps_of, "x": lambda z, lam: jnp.full_like(z, m),
+                      "v": lambda z, lam: diffusion.v_from_x_eps(x=jnp.full_like(z, m), eps=eps_of(z, lam),
+                                                                 logsnr=lam)}.items():
         den = diffusion.make_denoiser(lambda p, z, lam: out(z, lam), None, prediction=pred)
         z = jax.random.normal(jax.random.PRNGKey(2), (5, 3))
         np.testing.assert_allclose(den(z, 1.0), m, atol=1e-5)
@@ -87,7 +99,7 @@ def test_eps_weighting_equals_eps_mse():
     k = jax.random.split(jax.random.PRNGKey(3), 3)
     z, eps, eps_hat = (jax.random.normal(ki, (4, 6)) for ki in k)
     lam = jnp.array([-2.0, 0.0, 1.0, 3.0])
-    x, x_hat = diffusion.x_from_eps(z, eps, lam), diffusion.x_from_eps(z, eps_hat, lam)
+    x, x_hat = diffusion.x_from_eps(z=z, eps=eps, logsnr=lam), diffusion.x_from_eps(z=z, eps=eps_hat, logsnr=lam)
     lhs = diffusion.loss_weight(lam, "eps") * jnp.mean((x - x_hat) ** 2, 1)
     np.testing.assert_allclose(lhs, jnp.mean((eps - eps_hat) ** 2, 1), rtol=1e-4)
 
@@ -112,6 +124,11 @@ def test_more_bad_inputs_name_the_parameter():
 
     with pytest.raises(ValueError, match="logsnr_min must be < logsnr_max"):
         schedules.logsnr_cosine(0.5, logsnr_min=5.0, logsnr_max=5.0)
+    for bad_t in (1.5, -0.1, np.array([0.2, np.nan])):
+        with pytest.raises(ValueError, match=r"t must be in \[0, 1\]"):
+            schedules.logsnr_cosine(bad_t)
+    with pytest.raises(ValueError, match="clip must be > 0"):
+        diffusion.make_denoiser(lambda p, z, l: z, None, clip=0.0)
     with pytest.raises(ValueError, match="beta_1"):
         schedules.ddpm_logsnr(10, beta_T=1.5)
     with pytest.raises(ValueError, match="bandwidth must be > 0"):
