@@ -1,44 +1,42 @@
 """Least-cost K-step schedules on a grid, for every K at once, by dynamic programming.
 
 Watson, Ho, Norouzi & Chan (2021), "Learning to efficiently sample from diffusion
-probabilistic models" (the dynamic program over ELBO step costs): given a cost ``C[s, t]``
-for a step from grid index t (noisier) to s (cleaner), s < t, the cost of a path
-``0 = j_0 < j_1 < ... < j_K = T`` is ``sum_i C[j_{i-1}, j_i]``. With
+probabilistic models" (the dynamic program over ELBO step costs).
 
-    D_0[s] = start_cost[s],      D_k[t] = min_{s < t} D_{k-1}[s] + C[s, t],
+Orientation (one for the whole library): grids are strictly increasing in log-SNR, so index 0
+is the noisiest point and index T the cleanest. A K-step schedule is a path of indices
+``0 = j_0 < j_1 < ... < j_K = T`` that a sampler walks from noise to data; ``C[i, j]`` is the
+cost of a step from index i (noisier) to j (cleaner), used only for ``i < j``. The cost of a
+path is ``sum_k C[j_k, j_{k+1}] + end_cost[j_K]``. With
 
-``D_k[t]`` is the least cost of reaching t in exactly k steps; one pass over k = 1..K_max
-(each a vectorised min over the T + 1 previous points, O(T^2)) gives the optimal K-step path
-for every K <= K_max through back-pointers, in O(K_max T^2) total. The default start cost
-(0 at index 0, +inf elsewhere) pins ``j_0 = 0``, the paper's problem; a finite start cost at
-other indices lets the path also choose where it ends up clean (e.g. the decoder's cost of
-stopping at each grid point, :meth:`ddss_lite.elbo.ELBOTerms.best_paths`).
+    D_0[j] = (0 if j = 0 else +inf),      D_k[j] = min_{i < j} D_{k-1}[i] + C[i, j],
 
-Which entries of C count: only the strictly upper triangle (``s < t``). There, entries must be
-finite or ``+inf`` (a forbidden step); NaN (anywhere) and ``-inf`` are rejected. The diagonal
-and lower triangle are ignored (treated as ``+inf``), so the ``+inf`` there from
-:func:`ddss_lite.elbo.cost_matrix` is fine.
+``D_k[j]`` is the least cost of reaching j in exactly k steps, and the best K-step schedule
+ends at ``argmin_j D_K[j] + end_cost[j]``. One pass over k = 1..K_max (each a vectorised min
+over the T + 1 previous points, O(T^2)) gives the optimal path for every K <= K_max through
+back-pointers, in O(K_max T^2) total, in float64 on the host. The default end cost (0 at T,
++inf elsewhere) pins ``j_K = T``, the paper's problem; a finite end cost at other indices lets
+the schedule also choose where it stops (e.g. the decoder's cost of stopping at each grid point,
+:meth:`ddss_lite.elbo.ELBOTerms.best_paths`).
 
-Index convention (as in :mod:`ddss_lite.elbo`): index 0 is the cleanest grid point, T the
-noisiest; :func:`path_to_grid` turns a path into the increasing log-SNR grid the samplers take.
+Which entries of C count: only the strictly upper triangle (``i < j``). There, entries must be
+finite or ``+inf`` (a forbidden step); NaN (anywhere) and ``-inf`` are rejected. The diagonal and
+lower triangle are ignored (treated as ``+inf``). :func:`path_to_grid` turns a path into the grid
+the samplers take.
 """
 from __future__ import annotations
 
 import itertools
-from functools import partial
 from typing import NamedTuple
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
 from ddss_lite.validate import check_increasing, check_K
 
 
 class OptimalPaths(NamedTuple):
     """``costs[K-1]`` (float64, shape (K_max,)) is the least cost of a K-step path and
-    ``paths[K-1]`` (int array of length K + 1, ending at T) that path; ``+inf`` and ``None`` when
+    ``paths[K-1]`` (int array of length K + 1, starting at 0) that path; ``+inf`` and ``None`` when
     forbidden steps (+inf costs) leave no finite K-step path."""
 
     costs: np.ndarray
@@ -55,121 +53,103 @@ def check_cost_matrix(C, *, name: str = "C") -> np.ndarray:
         raise ValueError(f"{name} must not contain NaN")
     upper = np.triu(np.ones(a.shape, bool), k=1)
     if np.any(np.isneginf(a[upper])):
-        raise ValueError(f"{name}[s, t] for s < t must be finite or +inf (a forbidden step), got -inf")
+        raise ValueError(f"{name}[i, j] for i < j must be finite or +inf (a forbidden step), got -inf")
     a[~upper] = np.inf
     return a
 
 
-def check_start_cost(start_cost, T: int, *, name: str = "start_cost") -> np.ndarray:
-    """``None`` (start at index 0) or a (T+1,) array, finite or +inf, with a finite entry before T."""
-    if start_cost is None:
-        s = np.full(T + 1, np.inf)
-        s[0] = 0.0
-        return s
-    s = np.array(start_cost, dtype=np.float64)
-    if s.shape != (T + 1,):
-        raise ValueError(f"{name} must have shape (T+1,) = ({T + 1},), got {s.shape}")
-    if np.any(np.isnan(s)) or np.any(np.isneginf(s)):
-        raise ValueError(f"{name} must be finite or +inf (a forbidden start), got NaN or -inf")
-    if not np.any(np.isfinite(s[:-1])):
-        raise ValueError(f"{name} must be finite at some index in [0, T-1]")
-    return s
+def check_end_cost(end_cost, T: int, *, name: str = "end_cost") -> np.ndarray:
+    """``None`` (end at index T) or a (T+1,) array, finite or +inf, with a finite entry after index 0."""
+    if end_cost is None:
+        e = np.full(T + 1, np.inf)
+        e[T] = 0.0
+        return e
+    e = np.array(end_cost, dtype=np.float64)
+    if e.shape != (T + 1,):
+        raise ValueError(f"{name} must have shape (T+1,) = ({T + 1},), got {e.shape}")
+    if np.any(np.isnan(e)) or np.any(np.isneginf(e)):
+        raise ValueError(f"{name} must be finite or +inf (a forbidden end), got NaN or -inf")
+    if not np.any(np.isfinite(e[1:])):
+        raise ValueError(f"{name} must be finite at some index in [1, T]")
+    return e
 
 
-def check_path(path, *, T: int, any_start: bool = False, name: str = "path") -> np.ndarray:
-    """``path`` must be integer indices ``j_0 < j_1 < ... < j_K = T`` (K >= 1), with ``j_0 = 0``
-    unless ``any_start``."""
+def check_path(path, *, T: int, any_end: bool = False, name: str = "path") -> np.ndarray:
+    """``path`` must be integer indices ``0 = j_0 < j_1 < ... < j_K`` (K >= 1) with ``j_K = T``
+    (any ``j_K <= T`` when ``any_end``)."""
     p = np.asarray(path)
     integral = p.dtype.kind in "iu" or (p.dtype.kind == "f" and np.all(p == np.round(p)))
     if p.ndim != 1 or p.shape[0] < 2 or not integral:
         raise ValueError(f"{name} must be a 1-D integer array of length >= 2, got {p!r}")
     p = p.astype(np.int64)
-    start_ok = p[0] >= 0 if any_start else p[0] == 0
-    if not start_ok or p[-1] != T or not np.all(np.diff(p) > 0):
-        first = "from some index >= 0" if any_start else "from 0"
-        raise ValueError(f"{name} must increase strictly {first} to T={T}, got {p.tolist()}")
+    end_ok = p[-1] <= T if any_end else p[-1] == T
+    if p[0] != 0 or not end_ok or not np.all(np.diff(p) > 0):
+        last = f"to some index <= T={T}" if any_end else f"to T={T}"
+        raise ValueError(f"{name} must increase strictly from 0 {last}, got {p.tolist()}")
     return p
 
 
-def path_cost(C, path, *, start_cost=None) -> float:
-    """``start_cost[j_0] + sum_i C[j_{i-1}, j_i]`` in float64 (``j_0 = 0`` and no start cost by default)."""
+def path_cost(C, path, *, end_cost=None) -> float:
+    """``sum_k C[j_k, j_{k+1}] + end_cost[j_K]`` in float64 (``j_K = T`` and no end cost by default)."""
     a = check_cost_matrix(C)
     T = a.shape[0] - 1
-    p = check_path(path, T=T, any_start=start_cost is not None)
-    s = check_start_cost(start_cost, T)
-    return float(s[p[0]] + np.sum(a[p[:-1], p[1:]]))
+    p = check_path(path, T=T, any_end=end_cost is not None)
+    e = check_end_cost(end_cost, T)
+    return float(np.sum(a[p[:-1], p[1:]]) + e[p[-1]])
 
 
-def optimal_paths(C, K_max: int, *, start_cost=None) -> OptimalPaths:
-    """The least-cost K-step path to index T and its cost, for every K = 1..K_max, in one
-    dynamic-programming pass (Watson et al. 2021; module docstring).
+def optimal_paths(C, K_max: int, *, end_cost=None) -> OptimalPaths:
+    """The least-cost K-step path from index 0 and its cost, for every K = 1..K_max, in one
+    dynamic-programming pass in float64 (Watson et al. 2021; module docstring).
 
-    ``C``: (T+1, T+1) step costs, ``C[s, t]`` for the step t -> s, s < t. ``K_max`` in [1, T].
-    ``start_cost``: optional (T+1,) cost of a path starting at each index (default: paths start
-    at 0, at no cost); it is included in the returned costs.
-    The DP runs in JAX (``lax.scan`` over k, each step a min over all previous indices, in
-    float32 unless x64 is enabled); the reported cost of each chosen path is then re-summed
-    from ``C`` in float64.
+    ``C``: (T+1, T+1) step costs, ``C[i, j]`` for the step i -> j, i < j. ``K_max`` in [1, T].
+    ``end_cost``: optional (T+1,) cost of a path ending at each index (default: paths end at T, at
+    no cost); it is included in the returned costs. Ties go to the smallest index.
     """
     a = check_cost_matrix(C)
     T = a.shape[0] - 1
     K_max = check_K(K_max, name="K_max", high=T)
-    start = check_start_cost(start_cost, T)
-    last, back = _dp_forward(jnp.asarray(start), jnp.asarray(a), K_max)
-    dp_costs, back = np.asarray(last, np.float64), np.asarray(back)
-
-    # Back-track all K at once: the path for K uses back[k-1] at its k-th step, k = K..1.
-    Ks = np.arange(1, K_max + 1)
-    P = np.zeros((K_max, K_max + 1), np.int64)
-    P[Ks - 1, Ks] = T
-    cur = np.full(K_max, T, np.int64)
-    for k in range(K_max, 0, -1):
-        on = Ks >= k
-        cur[on] = back[k - 1][cur[on]]
-        P[on, k - 1] = cur[on]
+    end = check_end_cost(end_cost, T)
+    cols = np.arange(T + 1)
+    D = np.full(T + 1, np.inf)
+    D[0] = 0.0
+    back = np.empty((K_max, T + 1), np.int64)
+    ends = np.empty(K_max, np.int64)
+    finals = np.empty(K_max)
+    with np.errstate(invalid="ignore"):       # inf + (-finite) stays inf; no NaN can arise
+        for k in range(K_max):
+            total = D[:, None] + a             # [i, j]: k steps to i, then i -> j
+            back[k] = np.argmin(total, axis=0)  # the first (smallest) i attaining the min
+            D = total[back[k], cols]
+            f = D + end
+            ends[k] = int(np.argmin(f))
+            finals[k] = f[ends[k]]
     costs, paths = np.full(K_max, np.inf), []
-    for K in Ks:
-        if not np.isfinite(dp_costs[K - 1]):
+    for K in range(1, K_max + 1):
+        if not np.isfinite(finals[K - 1]):
             paths.append(None)
             continue
-        p = P[K - 1, : K + 1].copy()
+        p = np.empty(K + 1, np.int64)
+        p[K] = ends[K - 1]
+        for k in range(K, 0, -1):
+            p[k - 1] = back[k - 1][p[k]]
         paths.append(p)
-        costs[K - 1] = float(start[p[0]] + np.sum(a[p[:-1], p[1:]]))
+        costs[K - 1] = float(np.sum(a[p[:-1], p[1:]]) + end[p[-1]])
     return OptimalPaths(costs, paths)
 
 
-@partial(jax.jit, static_argnums=2)
-def _dp_forward(start, C, K_max: int):
-    """``(D_k[T] for k = 1..K_max, back-pointers (K_max, T + 1))``.
-
-    Laid out as (t, s) so both reductions run over contiguous memory; the back-pointer is the
-    smallest s attaining the min (an integer min: XLA's CPU argmin is several times slower)."""
-    n = C.shape[0]
-    CT = C.T                                      # CT[t, s] = C[s, t]
-    s_idx = jnp.arange(n, dtype=jnp.int32)
-
-    def step(D, _):
-        total = D[None, :] + CT                   # [t, s]: k-1 steps to s, then s -> t
-        D_next = jnp.min(total, axis=1)
-        arg = jnp.min(jnp.where(total <= D_next[:, None], s_idx[None, :], n), axis=1)
-        return D_next, (D_next[n - 1], arg)
-
-    _, (last, back) = lax.scan(step, start.astype(C.dtype), None, length=K_max)
-    return last, back
-
-
-def brute_force_path(C, K: int, *, start_cost=None):
+def brute_force_path(C, K: int, *, end_cost=None):
     """``(cost, path)`` of the least-cost K-step path by enumerating every choice of the K
-    indices before T (for tests; exponential in K). Ties go to the first in lexicographic
-    order; ``(inf, None)`` if no path has finite cost."""
+    indices after 0 (for tests; exponential in K). Ties go to the first in lexicographic order;
+    ``(inf, None)`` if no path has finite cost."""
     a = check_cost_matrix(C)
     T = a.shape[0] - 1
     K = check_K(K, name="K", high=T)
-    start = check_start_cost(start_cost, T)
+    end = check_end_cost(end_cost, T)
     best, best_path = np.inf, None
-    for head in itertools.combinations(range(T), K):
-        p = np.asarray((*head, T), np.int64)
-        c = float(start[p[0]] + np.sum(a[p[:-1], p[1:]]))
+    for tail in itertools.combinations(range(1, T + 1), K):
+        p = np.asarray((0, *tail), np.int64)
+        c = float(np.sum(a[p[:-1], p[1:]]) + end[p[-1]])
         if c < best:
             best, best_path = c, p
     return best, best_path
@@ -199,20 +179,19 @@ def even_path(T: int, K: int) -> np.ndarray:
 
 
 def quadratic_path(T: int, K: int) -> np.ndarray:
-    """K steps with quadratic stride ``j_i ~ T (i / K)^2``, dense at the clean end (index 0), as
-    DDIM's quadratic time grid; colliding indices near 0 are pushed apart so the path is strictly
-    increasing for every 1 <= K <= T."""
+    """K steps with quadratic stride, dense at the clean end (index T), as DDIM's quadratic time
+    grid: ``j_i ~ T - T ((K - i) / K)^2``; colliding indices near T are pushed apart so the path
+    is strictly increasing for every 1 <= K <= T."""
     T = check_K(T, name="T")
     K = check_K(K, name="K", high=T)
-    return _strictly_increasing(T * (np.arange(K + 1) / K) ** 2, T)
+    mirrored = _strictly_increasing(T * (np.arange(K + 1) / K) ** 2, T)   # dense at index 0
+    return (T - mirrored[::-1]).astype(np.int64)
 
 
 def path_to_grid(path, logsnrs) -> np.ndarray:
-    """The sampler grid of a path: ``logsnrs[path]`` reversed, i.e. K + 1 strictly increasing
-    log-SNRs from the noisiest to the cleanest (the convention of :mod:`ddss_lite.schedules`).
-    The path may start at any index (a path chosen with a start cost)."""
-    lam = np.asarray(logsnrs, np.float64)
-    if lam.ndim != 1:
-        raise ValueError(f"logsnrs must be a 1-D array, got shape {lam.shape}")
-    p = check_path(path, T=lam.shape[0] - 1, any_start=True)
-    return check_increasing(lam[p][::-1].copy(), name="logsnrs[path] reversed")
+    """The sampler grid of a path: ``logsnrs[path]``, K + 1 strictly increasing log-SNRs from the
+    noisiest to the cleanest. The path may end before the grid's last index (a path chosen with
+    an end cost)."""
+    lam = check_increasing(np.asarray(logsnrs, np.float64), name="logsnrs")
+    p = check_path(path, T=lam.shape[0] - 1, any_end=True)
+    return lam[p].copy()

@@ -3,45 +3,47 @@
 Watson, Ho, Norouzi & Chan (2021), "Learning to efficiently sample from diffusion
 probabilistic models": with the reverse step ``p(z_s | z_t) = q(z_s | z_t, x_hat(z_t))``
 the negative ELBO of a K-step schedule ``0 = j_0 < j_1 < ... < j_K = T`` on a grid of
-log-SNRs ``logsnrs[0] > logsnrs[1] > ... > logsnrs[T]`` (index 0 cleanest, T noisiest) is
+log-SNRs ``logsnrs[0] < logsnrs[1] < ... < logsnrs[T]`` (strictly increasing as everywhere in
+the library: index 0 the noisiest, T the cleanest; the schedule is walked from noise to data) is
 
-    -ELBO = KL(q(z_T|x) || N(0, I))                       prior          (:func:`prior_kl`)
-            + sum_i L(j_{i-1}, j_i)                       diffusion      (:func:`cost_matrix`)
-            + E_q[-log p(x | z_0)]                        reconstruction (:func:`recon_nll`)
+    -ELBO = KL(q(z_{j_0}|x) || N(0, I))                   prior          (:func:`prior_kl`)
+            + sum_k L(j_k, j_{k+1})                       diffusion      (:func:`cost_matrix`)
+            + E_q[-log p(x | z_{j_K})]                    reconstruction (:func:`recon_nll`)
 
 with the KL of two Gaussians of equal covariance (the posterior variance of q(z_s|z_t, .)
 does not depend on x):
 
-    L(s, t) = E KL(q(z_s|z_t, x) || q(z_s|z_t, x_hat(z_t)))
-            = 1/2 (SNR(s) - SNR(t)) E ||x - x_hat(z_t)||^2           (sum over dims)
+    L(i, j) = E KL(q(z_j|z_i, x) || q(z_j|z_i, x_hat(z_i)))          (step from i to the cleaner j)
+            = 1/2 (SNR(j) - SNR(i)) E ||x - x_hat(z_i)||^2           (sum over dims)
 
-(the discrete-time diffusion loss of VDM, Kingma et al. 2021). The expectation ``mse[t]`` depends on t only, so one
-network pass per grid point on a data batch (:func:`mse_per_t`) gives every ``L(s, t)``;
-:mod:`ddss_lite.dp` then finds the cheapest K-step path for every K.
+(the discrete-time diffusion loss of VDM, Kingma et al. 2021). The network is evaluated at the
+step's noisier end i, so the expectation ``mse[i]`` depends on i only, and one network pass per
+grid point on a data batch (:func:`mse_per_t`) gives every ``L(i, j)``; :mod:`ddss_lite.dp` then
+finds the cheapest K-step path for every K.
 
-**The clean end of the grid.** ``logsnrs[0]`` (``lambda_0``) is a free choice, and it matters:
-the first step of a path costs ``1/2 (SNR(0) - SNR(j_1)) mse[j_1]``, and a real network's error
-at high SNR is ``mse ~ ||v - v_hat||^2 / SNR``, so that step costs about
-``1/2 (SNR(0) / SNR(j_1)) ||v - v_hat||^2``: a large ``SNR(0)`` forces a few-step path to spend
-its steps near the clean end, and ``lambda_0 = 20`` makes short paths explode unless the model is
-perfect. It cannot be small either: the decoder below must resolve the data's bins from
-``z_0``, whose noise in data units is ``s_0 = sigma_0 / alpha_0 = exp(-lambda_0 / 2)``. A
+**The clean end of the grid.** ``logsnrs[T]`` (``lambda_max``) is a free choice, and it matters:
+the last step of a path costs ``1/2 (SNR(T) - SNR(j_{K-1})) mse[j_{K-1}]``, and a real network's
+error at high SNR is ``mse ~ ||v - v_hat||^2 / SNR``, so that step costs about
+``1/2 (SNR(T) / SNR(j_{K-1})) ||v - v_hat||^2``: a large ``SNR(T)`` forces a few-step path to spend
+its steps near the clean end, and ``lambda_max = 20`` makes short paths explode unless the model
+is perfect. It cannot be small either: the decoder below must resolve the data's bins from
+the final state, whose noise in data units is ``s_0 = sigma / alpha = exp(-lambda_max / 2)``. A
 neighbouring level at distance ``h`` (the bin width) is confused with probability about
-``Phi(-h / (2 s_0))``. The default :data:`LOGSNR_0` = 9 gives ``s_0 = e^{-4.5} = 0.0111``,
+``Phi(-h / (2 s_0))``. The default :data:`LOGSNR_CLEAN` = 9 gives ``s_0 = e^{-4.5} = 0.0111``,
 i.e. ``h / s_0 = 11.2`` for the digits' ``h = 1/8``, and a reconstruction term below 1e-7
 bits/dim (6e-8 on the digits; :func:`recon_nll` computes it exactly): negligible, while
-``SNR(0) = e^9 = 8.1e3`` is 74 times smaller than at VDM's ``lambda_0 = 13.3`` and 6e4 times
+``SNR = e^9 = 8.1e3`` is 74 times smaller than at VDM's ``lambda = 13.3`` and 6e4 times
 smaller than at 20. (VDM's 13.3 suits 8-bit images, ``h = 2/255``: ``h / s_0 = 6.1`` there;
-the same ratio here would be ``lambda_0 = 7.7``, where the term is already 0.01 bits/dim.)
+the same ratio here would be ``lambda = 7.7``, where the term is already 0.01 bits/dim.)
 The best end for a given network can also be chosen by the data: :func:`elbo_terms` computes
 the decoder term at every grid point, and :meth:`ELBOTerms.best_paths` with ``choose_end=True``
 lets the dynamic program pick, per K, where to stop and decode (a real network that is poor at
-high SNR then stops below ``lambda_0``; VDM reaches the same end by learning its endpoints).
+high SNR then stops below ``lambda_max``; VDM reaches the same end by learning its endpoints).
 
 **The decoder.** Pixels take the finitely many values ``levels`` (digits: ``v/8 - 1``,
-``v = 0..16``). ``p(x | z_0)`` factorises over dims and is the exact posterior over the levels
-of one pixel under a uniform prior on the levels and the forward likelihood
-``q(z_0 | x) = N(alpha_0 x, sigma_0^2)``:
+``v = 0..16``). ``p(x | z_0)`` (``z_0`` the final state, at log-SNR ``lambda_0``) factorises over
+dims and is the exact posterior over the levels of one pixel under a uniform prior on the levels
+and the forward likelihood ``q(z_0 | x) = N(alpha_0 x, sigma_0^2)``:
 
     p(x = l_k | z_0) = N(z_0; alpha_0 l_k, sigma_0^2) / sum_m N(z_0; alpha_0 l_m, sigma_0^2)
                      = softmax_k( -(z_0 / alpha_0 - l_k)^2 / (2 s_0^2) ),   s_0 = sigma_0 / alpha_0
@@ -71,13 +73,13 @@ from ddss_lite.data import DIGITS_LEVELS, from_levels
 from ddss_lite.diffusion import q_sample
 from ddss_lite.dp import OptimalPaths, check_path, optimal_paths
 from ddss_lite.schedules import LOGSNR_MIN, alpha_sigma, logsnr_cosine
-from ddss_lite.validate import check_finite, check_K, check_shape
+from ddss_lite.validate import check_finite, check_increasing, check_K, check_shape
 
-LOGSNR_0 = 9.0
-"""Default log-SNR of the clean end ``j = 0`` of the grid (see the module docstring)."""
+LOGSNR_CLEAN = 9.0
+"""Default log-SNR of the clean end (index T) of the grid (see the module docstring)."""
 
-LOGSNR_T = LOGSNR_MIN
-"""Default log-SNR of the noisy end ``j = T``: the pre-trained models' lower clip (-20), where
+LOGSNR_NOISY = LOGSNR_MIN
+"""Default log-SNR of the noisy end (index 0): the pre-trained models' lower clip (-20), where
 the prior term is ~1e-9 nats/dim."""
 
 DIGIT_LEVELS = np.asarray(from_levels(np.arange(DIGITS_LEVELS)), np.float64)
@@ -89,31 +91,24 @@ _QUAD_EPS = np.linspace(-13.0, 13.0, 26 * 32 + 1)  # trapezoidal nodes for E_{ep
 # --------------------------------------------------------------------------- the grid
 
 
-def logsnr_grid(T: int, *, logsnr_0: float = LOGSNR_0, logsnr_T: float = LOGSNR_T):
-    """The T + 1 log-SNRs ``logsnrs[j] = lambda(j / T)``, j = 0..T, of the cosine schedule
-    clipped to ``[logsnr_T, logsnr_0]`` (:func:`ddss_lite.schedules.logsnr_cosine`):
-    strictly decreasing, ``logsnrs[0] = logsnr_0`` (cleanest), ``logsnrs[T] = logsnr_T``.
+def logsnr_grid(T: int, *, logsnr_min: float = LOGSNR_NOISY, logsnr_max: float = LOGSNR_CLEAN):
+    """The T + 1 log-SNRs ``logsnrs[j] = lambda(1 - j / T)``, j = 0..T, of the cosine schedule
+    clipped to ``[logsnr_min, logsnr_max]`` (:func:`ddss_lite.schedules.logsnr_cosine`): strictly
+    increasing, ``logsnrs[0] = logsnr_min`` (noisiest), ``logsnrs[T] = logsnr_max`` (cleanest).
     A float64 NumPy array."""
     T = check_K(T, name="T")
-    if not logsnr_0 > logsnr_T:
-        raise ValueError(f"logsnr_0 must be > logsnr_T, got logsnr_0={logsnr_0}, logsnr_T={logsnr_T}")
-    # float64 evaluation of logsnr_cosine's formula would differ from its float32 output only
-    # by rounding; use the library function and fix the endpoints exactly.
-    lam = np.asarray(logsnr_cosine(np.arange(T + 1) / T, logsnr_min=logsnr_T, logsnr_max=logsnr_0), np.float64)
-    lam[0], lam[-1] = logsnr_0, logsnr_T
+    if not logsnr_max > logsnr_min:
+        raise ValueError(f"logsnr_max must be > logsnr_min, got logsnr_max={logsnr_max}, logsnr_min={logsnr_min}")
+    t = np.clip(1.0 - np.arange(T + 1) / T, 0.0, 1.0)
+    lam = np.asarray(logsnr_cosine(t, logsnr_min=logsnr_min, logsnr_max=logsnr_max), np.float64)
+    lam[0], lam[-1] = logsnr_min, logsnr_max
     return check_logsnrs(lam)
 
 
 def check_logsnrs(logsnrs, *, name: str = "logsnrs"):
-    """``logsnrs`` must be a finite 1-D array of length T + 1 >= 2, strictly decreasing in j
-    (j = 0 cleanest). Returns it as a float64 NumPy array."""
-    a = np.asarray(logsnrs, np.float64)
-    if a.ndim != 1 or a.shape[0] < 2:
-        raise ValueError(f"{name} must be a 1-D array of length T + 1 >= 2, got shape {a.shape}")
-    check_finite(a, name=name)
-    if not np.all(np.diff(a) < 0):
-        raise ValueError(f"{name} must be strictly decreasing in j (index 0 the cleanest), got {a.tolist()}")
-    return a
+    """``logsnrs`` must be a finite 1-D array of length T + 1 >= 2, strictly increasing (index 0
+    the noisiest, as everywhere in the library). Returns it as a float64 NumPy array."""
+    return check_increasing(np.asarray(logsnrs, np.float64), name=name)
 
 
 # --------------------------------------------------------------------------- diffusion terms
@@ -156,8 +151,8 @@ def mse_per_t(denoise, x, key, logsnrs):
     """Monte-Carlo ``mse[j] = E ||x - x_hat(z_{t_j})||^2`` (sum over dims, mean over the batch)
     and its standard error ``std_b / sqrt(B)``, both float64 NumPy arrays of shape (T+1,).
 
-    One network pass per grid point (see :func:`sq_err_per_t`). ``mse[0]`` is a diagnostic: no
-    step of a path ends at j = 0, so the ELBO never uses it.
+    One network pass per grid point (see :func:`sq_err_per_t`). ``mse[T]`` is a diagnostic: no
+    step of a path starts at the clean end, so the ELBO never uses it.
     """
     err = np.asarray(sq_err_per_t(denoise, x, key, logsnrs), np.float64)
     B = err.shape[1]
@@ -175,18 +170,18 @@ def _check_mse(mse, T1: int, *, name: str = "mse"):
 
 
 def step_weights(logsnrs):
-    """``W[s, t] = 1/2 (SNR(s) - SNR(t))`` for s < t, else +inf; float64, stable via ``expm1``."""
+    """``W[i, j] = 1/2 (SNR(j) - SNR(i))`` for i < j, else +inf; float64, stable via ``expm1``."""
     lam = check_logsnrs(logsnrs)
-    s, t = np.meshgrid(lam, lam, indexing="ij")
-    upper = np.triu(np.ones(s.shape, bool), k=1)
+    i, j = np.meshgrid(lam, lam, indexing="ij")
+    upper = np.triu(np.ones(i.shape, bool), k=1)
     with np.errstate(over="ignore", invalid="ignore"):
-        w = 0.5 * np.exp(s) * -np.expm1(t - s)
+        w = 0.5 * np.exp(j) * -np.expm1(i - j)
     return np.where(upper, w, np.inf)
 
 
 def cost_matrix(logsnrs, mse):
-    """The (T+1, T+1) matrix of step costs (nats) ``C[s, t] = L(s, t) = 1/2 (SNR(s) - SNR(t)) mse[t]``
-    for ``s < t`` and ``+inf`` elsewhere (no step goes from noisier to cleaner or stays put).
+    """The (T+1, T+1) matrix of step costs (nats) ``C[i, j] = L(i, j) = 1/2 (SNR(j) - SNR(i)) mse[i]``
+    for ``i < j`` (a step from the noisier i to the cleaner j) and ``+inf`` elsewhere.
 
     Watson et al. 2021 (per-step ELBO terms), in VDM's SNR form. Float64 NumPy.
     """
@@ -194,7 +189,7 @@ def cost_matrix(logsnrs, mse):
     m = _check_mse(mse, lam.shape[0])
     w = step_weights(lam)
     finite = np.isfinite(w)
-    return np.where(finite, np.where(finite, w, 0.0) * m[None, :], np.inf)
+    return np.where(finite, np.where(finite, w, 0.0) * m[:, None], np.inf)
 
 
 # --------------------------------------------------------------------------- prior and decoder
@@ -208,19 +203,20 @@ def _per_example_dims(x):
     return x.reshape(x.shape[0], -1)
 
 
-def prior_kl(x, logsnr_T: float):
-    """``KL(q(z_T | x) || N(0, I))`` in nats, summed over dims, averaged over the batch ``x``.
+def prior_kl(x, logsnr_min: float):
+    """``KL(q(z | x) || N(0, I))`` at the noisy end ``logsnr_min``, in nats, summed over dims,
+    averaged over the batch ``x``.
 
-    ``q(z_T|x) = N(alpha_T x, sigma_T^2 I)``: per dim ``1/2 (sigma^2 + alpha^2 x^2 - 1 - log sigma^2)
-    = 1/2 (alpha_T^2 (x^2 - 1) + softplus(lambda_T))`` (using ``sigma^2 - 1 = -alpha^2`` and
+    ``q(z|x) = N(alpha x, sigma^2 I)``: per dim ``1/2 (sigma^2 + alpha^2 x^2 - 1 - log sigma^2)
+    = 1/2 (alpha^2 (x^2 - 1) + softplus(lambda))`` (using ``sigma^2 - 1 = -alpha^2`` and
     ``-log sigma^2 = log(1 + e^lambda)``).
     """
-    return float(np.mean(_prior_kl_per_example(x, logsnr_T)))
+    return float(np.mean(_prior_kl_per_example(x, logsnr_min)))
 
 
-def _prior_kl_per_example(x, logsnr_T: float):
+def _prior_kl_per_example(x, logsnr_min: float):
     xf = _per_example_dims(x)
-    lam = float(logsnr_T)
+    lam = float(logsnr_min)
     a2 = 1.0 / (1.0 + math.exp(-lam)) if lam > -700 else 0.0
     sp = max(lam, 0.0) + math.log1p(math.exp(-abs(lam)))
     return np.sum(0.5 * (a2 * (xf**2 - 1.0) + sp), axis=1)
@@ -317,12 +313,12 @@ def nats_to_bpd(nats, dim: int):
 
 
 def nelbo_bpd(path, *, logsnrs, mse, prior: float, recon, dim: int) -> float:
-    """Negative ELBO in bits/dim of the schedule ``path`` (indices ``j_0 < ... < j_K = T``):
-    ``(sum_i L(j_{i-1}, j_i) + prior + recon) / (dim ln 2)``.
+    """Negative ELBO in bits/dim of the schedule ``path`` (indices ``0 = j_0 < ... < j_K = T``):
+    ``(sum_k L(j_k, j_{k+1}) + prior + recon) / (dim ln 2)``.
 
-    ``recon`` is either the scalar decoder term at ``logsnrs[0]`` (then ``j_0`` must be 0) or a
+    ``recon`` is either the scalar decoder term at ``logsnrs[T]`` (then ``j_K`` must be T) or a
     (T+1,) array of the decoder term at every grid point (:func:`recon_nll` of ``logsnrs``),
-    used at ``j_0``: a path may then end clean at any grid point, decoding from ``z_{j_0}``.
+    used at ``j_K``: a path may then stop at any grid point, decoding from ``z_{j_K}``.
     """
     lam = check_logsnrs(logsnrs)
     T = lam.shape[0] - 1
@@ -332,11 +328,10 @@ def nelbo_bpd(path, *, logsnrs, mse, prior: float, recon, dim: int) -> float:
         p = check_path(path, T=T)
     else:
         check_shape(r, (T + 1,), name="recon")
-        p = check_path(path, T=T, any_start=True)
-        r = r[p[0]]
+        p = check_path(path, T=T, any_end=True)
+        r = r[p[-1]]
     check_finite(r, name="recon")
-    s, t = lam[p[:-1]], lam[p[1:]]
-    diffusion = float(np.sum(0.5 * np.exp(s) * -np.expm1(t - s) * m[p[1:]]))
+    diffusion = float(np.sum(step_weights(lam)[p[:-1], p[1:]] * m[p[:-1]]))
     return float(nats_to_bpd(diffusion + float(prior) + float(r), dim))
 
 
@@ -345,9 +340,9 @@ class ELBOTerms:
     """Everything the bound needs, estimated once for a model and a data batch.
 
     Per example b of the batch: ``sq_err[j, b]`` (T+1, B), the squared errors of
-    :func:`sq_err_per_t`; ``prior_b`` (B,), the prior KL at ``logsnrs[T]``; ``recon_tb[j, b]``
+    :func:`sq_err_per_t`; ``prior_b`` (B,), the prior KL at ``logsnrs[0]``; ``recon_tb[j, b]``
     (T+1, B), the decoder's expected NLL were the sampler to stop and decode at grid point j
-    (nats; row 0 is the bound's, the others serve :meth:`best_paths` with ``choose_end``).
+    (nats; row T is the bound's, the others serve :meth:`best_paths` with ``choose_end``).
     ``dim``: dims per example. ``mse``, ``prior``, ``recon``, ``recon_t`` are batch means.
     """
 
@@ -379,51 +374,74 @@ class ELBOTerms:
 
     @property
     def recon(self) -> float:
-        return float(self.recon_t[0])
+        return float(self.recon_t[-1])
+
+    @classmethod
+    def concatenate(cls, parts) -> "ELBOTerms":
+        """The terms of the union of the batches of ``parts`` (same grid and dim), e.g. two halves."""
+        parts = list(parts)
+        if not parts or any(not np.array_equal(p.logsnrs, parts[0].logsnrs) or p.dim != parts[0].dim for p in parts):
+            raise ValueError("parts must be a non-empty sequence of ELBOTerms on the same logsnrs and dim")
+        return cls(logsnrs=parts[0].logsnrs, sq_err=np.concatenate([p.sq_err for p in parts], axis=1),
+                   prior_b=np.concatenate([p.prior_b for p in parts]),
+                   recon_tb=np.concatenate([p.recon_tb for p in parts], axis=1), dim=parts[0].dim)
 
     def cost_matrix(self) -> np.ndarray:
         return cost_matrix(self.logsnrs, self.mse)
 
+    def per_example_bpd(self, path) -> np.ndarray:
+        """The bound of ``path`` for each example b of the batch, in bits/dim (B,):
+        ``sum_k w_k sq_err[j_k, b] + prior_b + recon_tb[j_K, b]``, ``w_k = 1/2 (SNR(j_{k+1}) - SNR(j_k))``.
+        Its mean is :meth:`nelbo_bpd`; paired differences of two paths on the same batch take their
+        standard error from these."""
+        p = check_path(path, T=self.T, any_end=True)
+        w = step_weights(self.logsnrs)[p[:-1], p[1:]]
+        return nats_to_bpd(w @ self.sq_err[p[:-1]] + self.prior_b + self.recon_tb[p[-1]], self.dim)
+
     def nelbo_bpd(self, path) -> float:
-        """:func:`nelbo_bpd` of ``path``; a path starting at ``j_0 > 0`` decodes from ``z_{j_0}``."""
+        """:func:`nelbo_bpd` of ``path``; a path ending at ``j_K < T`` decodes from ``z_{j_K}``."""
         return nelbo_bpd(path, logsnrs=self.logsnrs, mse=self.mse, prior=self.prior,
                          recon=self.recon_t, dim=self.dim)
 
     def nelbo_bpd_se(self, path) -> float:
         """Standard error of :meth:`nelbo_bpd` as an estimate of the expected bound over the data
-        distribution: the bound is a batch mean of the per-example value
-        ``sum_i w_i sq_err[j_i, b] + prior_b + recon_tb[j_0, b]`` (``w_i = 1/2 (SNR(j_{i-1}) -
-        SNR(j_i))``), so ``std_b / sqrt(B)`` counts the noise of eps and of x, with the
-        correlation of the grid points through the shared batch."""
-        p = check_path(path, T=self.T, any_start=True)
-        w = step_weights(self.logsnrs)[p[:-1], p[1:]]
-        per_ex = w @ self.sq_err[p[1:]] + self.prior_b + self.recon_tb[p[0]]
-        return float(nats_to_bpd(per_ex.std(ddof=1) / math.sqrt(per_ex.shape[0]), self.dim))
+        distribution: the bound is the batch mean of :meth:`per_example_bpd`, so ``std_b / sqrt(B)``
+        counts the noise of eps and of x, with the correlation of the grid points through the
+        shared batch."""
+        per_ex = self.per_example_bpd(path)
+        return float(per_ex.std(ddof=1) / math.sqrt(per_ex.shape[0]))
+
+    def all_steps_bpd_by_end(self) -> np.ndarray:
+        """(T+1,): the bound of the path through every grid point from 0 to ``e``, decoding at ``e``,
+        for each end ``e`` (entry 0, a path of no step, is +inf)."""
+        steps = step_weights(self.logsnrs)[np.arange(self.T), np.arange(1, self.T + 1)] * self.mse[:-1]
+        head = np.concatenate([[np.inf], np.cumsum(steps)])            # steps 0 -> e
+        return nats_to_bpd(head + self.recon_t + self.prior, self.dim)
 
     def to_bpd(self, diffusion_nats) -> np.ndarray:
-        """Bits/dim of paths from index 0 whose diffusion cost is ``diffusion_nats``."""
+        """Bits/dim of paths ending at T whose diffusion cost is ``diffusion_nats``."""
         return nats_to_bpd(np.asarray(diffusion_nats, np.float64) + self.prior + self.recon, self.dim)
 
     def best_paths(self, K_max: int, *, choose_end: bool = False) -> OptimalPaths:
         """The bound-minimising K-step schedule for every K = 1..K_max (:func:`ddss_lite.dp.optimal_paths`
         on :meth:`cost_matrix`); ``costs`` are the whole bound in bits/dim.
 
-        ``choose_end=False``: paths start at index 0 (the paper's problem). ``choose_end=True``:
-        the DP's start cost is the decoder term at each grid point, so each path also chooses the
+        ``choose_end=False``: paths end at index T (the paper's problem). ``choose_end=True``:
+        the DP's end cost is the decoder term at each grid point, so each path also chooses the
         log-SNR at which it stops and decodes -- an imperfect network is often worse than the
         decoder at high SNR, and stopping earlier gives a tighter bound (the choice VDM makes by
         learning its schedule's endpoint). Either way the paths are chosen on this batch: report
         their bound on held-out data.
         """
-        start = self.recon_t if choose_end else None
-        res = optimal_paths(self.cost_matrix(), K_max, start_cost=start)
+        end = self.recon_t if choose_end else None
+        res = optimal_paths(self.cost_matrix(), K_max, end_cost=end)
         extra = self.prior + (0.0 if choose_end else self.recon)
         return OptimalPaths(nats_to_bpd(res.costs + extra, self.dim), res.paths)
 
 
 def elbo_terms(denoise, x, key, logsnrs, *, levels=DIGIT_LEVELS) -> ELBOTerms:
     """Estimate every term of the bound: T + 1 network passes on the batch ``x`` (entries on
-    ``levels``), the closed-form prior at ``logsnrs[T]``, the exact decoder term at every grid
+    ``levels``), the closed-form prior at ``logsnrs[0]``, the exact decoder term at every grid
     point (no network pass)."""
     lam = check_logsnrs(logsnrs)
     xf = _per_example_dims(x)
@@ -431,7 +449,7 @@ def elbo_terms(denoise, x, key, logsnrs, *, levels=DIGIT_LEVELS) -> ELBOTerms:
         raise ValueError(f"x must hold at least 2 examples for a standard error, got {xf.shape[0]}")
     recon_tb = _recon_nll_per_example(x, lam, levels=levels)
     err = np.asarray(sq_err_per_t(denoise, x, key, lam), np.float64)
-    return ELBOTerms(logsnrs=lam, sq_err=err, prior_b=_prior_kl_per_example(x, lam[-1]),
+    return ELBOTerms(logsnrs=lam, sq_err=err, prior_b=_prior_kl_per_example(x, lam[0]),
                      recon_tb=recon_tb, dim=xf.shape[1])
 
 

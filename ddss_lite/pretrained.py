@@ -41,9 +41,16 @@ class Pretrained:
     prediction: str = "v"
     data_shape: tuple = ()
 
+    def __post_init__(self):
+        object.__setattr__(self, "_denoisers", {})
+
     def denoiser(self, *, clip: float | None = None) -> diffusion.Denoiser:
-        """``denoise(z, logsnr) -> x_hat`` for the samplers."""
-        return diffusion.make_denoiser(nets.apply_fn(self.module), self.params, prediction=self.prediction, clip=clip)
+        """``denoise(z, logsnr) -> x_hat`` for the samplers. The same function object is returned on
+        every call (per ``clip``), so functions compiled for it (keyed by identity) are reused."""
+        if clip not in self._denoisers:
+            self._denoisers[clip] = diffusion.make_denoiser(nets.apply_fn(self.module), self.params,
+                                                            prediction=self.prediction, clip=clip)
+        return self._denoisers[clip]
 
 
 def _adam(profile: Profile, steps: int):

@@ -14,11 +14,12 @@ def random_costs(rng, T, *, low=0.0):
     return rng.uniform(low, 1.0, (T + 1, T + 1))
 
 
-def elbo_structured_costs(rng, T, *, mse_order="increasing"):
-    """C[s, t] = 1/2 (SNR(s) - SNR(t)) mse[t] on a random decreasing log-SNR grid."""
-    lam = np.sort(rng.uniform(-8.0, 8.0, T + 1))[::-1].copy()
-    mse = np.sort(rng.uniform(0.01, 5.0, T + 1))
-    if mse_order == "decreasing":
+def elbo_structured_costs(rng, T, *, mse_order="decreasing"):
+    """C[i, j] = 1/2 (SNR(j) - SNR(i)) mse[i] on a random increasing log-SNR grid (mse decreasing in
+    the index, i.e. in log-SNR, as for the exact denoiser; ``"increasing"`` reverses it)."""
+    lam = np.sort(rng.uniform(-8.0, 8.0, T + 1))
+    mse = np.sort(rng.uniform(0.01, 5.0, T + 1))[::-1].copy()
+    if mse_order == "increasing":
         mse = mse[::-1].copy()
     return elbo.cost_matrix(lam, mse), lam, mse
 
@@ -35,7 +36,7 @@ def test_dp_matches_brute_force(seed):
         assert res.costs.shape == (4,) and len(res.paths) == 4
         for K in range(1, 5):
             cost, path = dp.brute_force_path(C, K)
-            np.testing.assert_allclose(res.costs[K - 1], cost, rtol=1e-6, atol=1e-9)
+            np.testing.assert_allclose(res.costs[K - 1], cost, rtol=1e-12, atol=1e-12)   # float64 DP
             np.testing.assert_array_equal(res.paths[K - 1], path)
             assert len(res.paths[K - 1]) == K + 1
             assert res.costs[K - 1] == pytest.approx(dp.path_cost(C, res.paths[K - 1]), rel=1e-12)
@@ -63,26 +64,26 @@ def test_dp_forbidden_steps_match_brute_force():
 
 
 @pytest.mark.parametrize("seed", range(3))
-def test_dp_with_start_cost_matches_brute_force(seed):
+def test_dp_with_end_cost_matches_brute_force(seed):
     rng = np.random.default_rng(50 + seed)
     T = 11
     C = random_costs(rng, T)
-    start = rng.uniform(0.0, 2.0, T + 1)
-    start[rng.uniform(size=T + 1) < 0.3] = np.inf
-    start[3] = 0.5                                 # at least one finite start
-    res = dp.optimal_paths(C, T, start_cost=start)
+    end = rng.uniform(0.0, 2.0, T + 1)
+    end[rng.uniform(size=T + 1) < 0.3] = np.inf
+    end[8] = 0.5                                   # at least one finite end
+    res = dp.optimal_paths(C, T, end_cost=end)
     for K in range(1, T + 1):
-        cost, path = dp.brute_force_path(C, K, start_cost=start)
+        cost, path = dp.brute_force_path(C, K, end_cost=end)
         if path is None:
             assert res.paths[K - 1] is None and res.costs[K - 1] == np.inf
             continue
-        assert res.costs[K - 1] == pytest.approx(cost, rel=1e-6)
+        assert res.costs[K - 1] == pytest.approx(cost, rel=1e-12)
         np.testing.assert_array_equal(res.paths[K - 1], path)
-        assert res.costs[K - 1] == pytest.approx(dp.path_cost(C, path, start_cost=start), rel=1e-12)
-    # a start cost that is 0 at index 0 and +inf elsewhere is the default problem
+        assert res.costs[K - 1] == pytest.approx(dp.path_cost(C, path, end_cost=end), rel=1e-12)
+    # an end cost that is 0 at index T and +inf elsewhere is the default problem
     pinned = np.full(T + 1, np.inf)
-    pinned[0] = 0.0
-    a, b = dp.optimal_paths(C, 5, start_cost=pinned), dp.optimal_paths(C, 5)
+    pinned[T] = 0.0
+    a, b = dp.optimal_paths(C, 5, end_cost=pinned), dp.optimal_paths(C, 5)
     np.testing.assert_array_equal(a.costs, b.costs)
     assert all(np.array_equal(p, q) for p, q in zip(a.paths, b.paths))
 
@@ -100,25 +101,25 @@ def test_dp_never_worse_than_hand_made_paths(seed):
 
 @pytest.mark.parametrize("seed", range(3))
 def test_dp_cost_monotone_in_K_follows_from_mse_order(seed):
-    # L(s,t) - [L(s,u) + L(u,t)] = 1/2 (SNR(s) - SNR(u)) (mse[t] - mse[u]) for s < u < t:
-    # with mse non-decreasing in t (noisier -> worse, as for the exact denoiser) splitting a
-    # step never costs more, so the best K-step cost is non-increasing in K and K = T is best;
-    # with mse decreasing it is the reverse, so the monotonicity is not a property of any DP.
+    # L(i,j) - [L(i,u) + L(u,j)] = 1/2 (SNR(j) - SNR(u)) (mse[i] - mse[u]) for i < u < j: with mse
+    # non-increasing in log-SNR (cleaner -> better, as for the exact denoiser) splitting a step never
+    # costs more, so the best K-step cost is non-increasing in K and K = T is best; with mse
+    # increasing it is the reverse, so the monotonicity is not a property of any DP.
     rng = np.random.default_rng(200 + seed)
     T = 30
     C, lam, mse = elbo_structured_costs(rng, T)
-    s, u, t = 3, 11, 20
-    lhs = C[s, t] - (C[s, u] + C[u, t])
-    rhs = 0.5 * (math.exp(lam[s]) - math.exp(lam[u])) * (mse[t] - mse[u])
+    i, u, j = 3, 11, 20
+    lhs = C[i, j] - (C[i, u] + C[u, j])
+    rhs = 0.5 * (math.exp(lam[j]) - math.exp(lam[u])) * (mse[i] - mse[u])
     assert lhs == pytest.approx(rhs, rel=1e-9)
     costs = dp.optimal_paths(C, T).costs
     assert np.all(np.diff(costs) <= 1e-9 * costs[:-1])
     assert costs[-1] == pytest.approx(dp.path_cost(C, np.arange(T + 1)), rel=1e-12)
 
-    C_dec, _, _ = elbo_structured_costs(rng, T, mse_order="decreasing")
-    costs_dec = dp.optimal_paths(C_dec, T).costs
-    assert np.all(np.diff(costs_dec) >= -1e-9 * costs_dec[1:])
-    assert costs_dec[-1] > costs_dec[0]
+    C_inc, _, _ = elbo_structured_costs(rng, T, mse_order="increasing")
+    costs_inc = dp.optimal_paths(C_inc, T).costs
+    assert np.all(np.diff(costs_inc) >= -1e-9 * costs_inc[1:])
+    assert costs_inc[-1] > costs_inc[0]
 
 
 def test_hand_made_paths_are_valid():
@@ -127,11 +128,12 @@ def test_hand_made_paths_are_valid():
             for p in (dp.even_path(T, K), dp.quadratic_path(T, K)):
                 assert p.shape == (K + 1,) and p[0] == 0 and p[-1] == T and np.all(np.diff(p) >= 1)
     np.testing.assert_array_equal(dp.even_path(10, 5), [0, 2, 4, 6, 8, 10])
-    np.testing.assert_array_equal(dp.quadratic_path(100, 5), [0, 4, 16, 36, 64, 100])
+    np.testing.assert_array_equal(dp.quadratic_path(100, 5), 100 - np.array([100, 64, 36, 16, 4, 0]))  # dense at T
     np.testing.assert_array_equal(dp.quadratic_path(10, 10), np.arange(11))   # collisions resolved
     lam = elbo.logsnr_grid(10)
+    assert np.all(np.diff(lam) > 0) and lam[0] == elbo.LOGSNR_NOISY and lam[-1] == elbo.LOGSNR_CLEAN
     g = dp.path_to_grid([0, 3, 10], lam)
-    np.testing.assert_array_equal(g, [lam[10], lam[3], lam[0]])
+    np.testing.assert_array_equal(g, [lam[0], lam[3], lam[10]])
 
 
 # --------------------------------------------------------------------------- diffusion terms
@@ -175,15 +177,15 @@ def test_mse_per_t_matches_gaussian_closed_form_with_one_pass_per_t():
 
 
 def test_all_steps_approach_continuous_time_gaussian():
-    # Continuous time: 1/2 int e^lam mse(lam) dlam = D/2 [log(1 + s2 SNR)]_{lam_T}^{lam_0}. The
-    # all-steps sum is a right-endpoint Riemann sum of a function increasing in t: above the
-    # limit, error O(1/T); nested grids (T, 2T) shrink it monotonically.
+    # Continuous time: 1/2 int e^lam mse(lam) dlam = D/2 [log(1 + s2 SNR)] from the noisy to the clean
+    # end. The all-steps sum evaluates mse at each step's noisier end, where it is larger: above
+    # the limit, error O(1/T); nested grids (T, 2T) shrink it monotonically.
     s2 = np.array([0.3, 1.0, 2.5])
     gaps = []
     for T in (200, 400, 800, 1600):
         lam = elbo.logsnr_grid(T)
         C = elbo.cost_matrix(lam, gaussian_mse(lam, s2))
-        limit = 0.5 * np.sum(np.log1p(s2 * np.exp(lam[0])) - np.log1p(s2 * np.exp(lam[-1])))
+        limit = 0.5 * np.sum(np.log1p(s2 * np.exp(lam[-1])) - np.log1p(s2 * np.exp(lam[0])))
         gaps.append(dp.path_cost(C, np.arange(T + 1)) / limit - 1)
     gaps = np.array(gaps)
     assert np.all(gaps > 0) and gaps[-1] < 0.05
@@ -202,9 +204,9 @@ def test_exact_denoiser_on_discrete_uniform_data_bounds_log_likelihood():
 
     x = lv[jax.random.randint(jax.random.PRNGKey(0), (1000, 4), 0, 17)]
     T = 400
-    terms = elbo.elbo_terms(denoise, x, jax.random.PRNGKey(1), elbo.logsnr_grid(T, logsnr_0=11.0))
+    terms = elbo.elbo_terms(denoise, x, jax.random.PRNGKey(1), elbo.logsnr_grid(T, logsnr_max=11.0))
     # Grids are nested: every 4th point of the T = 400 grid is the T = 100 grid.
-    np.testing.assert_allclose(terms.logsnrs[::4], elbo.logsnr_grid(100, logsnr_0=11.0), rtol=1e-5)
+    np.testing.assert_allclose(terms.logsnrs[::4], elbo.logsnr_grid(100, logsnr_max=11.0), rtol=1e-5)
     exact = math.log2(17)
     bpd = {}
     for stride in (4, 1):
@@ -219,7 +221,7 @@ def test_exact_denoiser_on_discrete_uniform_data_bounds_log_likelihood():
     assert terms.to_bpd(res.costs[15]) <= terms.nelbo_bpd(dp.even_path(T, 16))
     np.testing.assert_allclose(terms.best_paths(16).costs, terms.to_bpd(res.costs), rtol=1e-12)
     # Letting each path choose where to stop and decode can only lower the bound, and the
-    # bound it reports is the one nelbo_bpd gives that path (decoding from z_{j_0}).
+    # bound it reports is the one nelbo_bpd gives that path (decoding from z_{j_K}).
     free = terms.best_paths(16, choose_end=True)
     assert np.all(free.costs <= terms.to_bpd(res.costs) + 1e-12)
     for K in (1, 4, 16):
@@ -229,17 +231,42 @@ def test_exact_denoiser_on_discrete_uniform_data_bounds_log_likelihood():
 
 def test_nelbo_bpd_is_sum_of_terms():
     lam = elbo.logsnr_grid(20)
-    mse = np.linspace(0.01, 3.0, 21)
+    mse = np.linspace(3.0, 0.01, 21)
     path = [0, 2, 7, 20]
     C = elbo.cost_matrix(lam, mse)
     got = elbo.nelbo_bpd(path, logsnrs=lam, mse=mse, prior=0.2, recon=0.3, dim=64)
     assert got == pytest.approx((C[0, 2] + C[2, 7] + C[7, 20] + 0.5) / (64 * math.log(2)), rel=1e-12)
-    recon_t = np.linspace(0.3, 9.0, 21)       # a decoder term per grid point: used at j_0
-    got = elbo.nelbo_bpd([2, 7, 20], logsnrs=lam, mse=mse, prior=0.2, recon=recon_t, dim=64)
-    assert got == pytest.approx((C[2, 7] + C[7, 20] + 0.2 + recon_t[2]) / (64 * math.log(2)), rel=1e-12)
-    with pytest.raises(ValueError, match="path"):   # a scalar recon belongs to j_0 = 0 only
-        elbo.nelbo_bpd([2, 7, 20], logsnrs=lam, mse=mse, prior=0.2, recon=0.3, dim=64)
+    # C[i, j] = 1/2 (SNR(j) - SNR(i)) mse[i], written out
+    assert C[2, 7] == pytest.approx(0.5 * (math.exp(lam[7]) - math.exp(lam[2])) * mse[2], rel=1e-12)
+    recon_t = np.linspace(9.0, 0.3, 21)       # a decoder term per grid point: used at j_K
+    got = elbo.nelbo_bpd([0, 7, 15], logsnrs=lam, mse=mse, prior=0.2, recon=recon_t, dim=64)
+    assert got == pytest.approx((C[0, 7] + C[7, 15] + 0.2 + recon_t[15]) / (64 * math.log(2)), rel=1e-12)
+    with pytest.raises(ValueError, match="path"):   # a scalar recon belongs to j_K = T only
+        elbo.nelbo_bpd([0, 7, 15], logsnrs=lam, mse=mse, prior=0.2, recon=0.3, dim=64)
     assert np.all(np.isinf(C[np.tril_indices(21)]))
+
+
+def test_elbo_terms_helpers_agree_with_the_bound():
+    """Per-example bounds average to the bound; concatenating two batches is one batch; the
+    all-steps bound for every end equals nelbo_bpd of that path."""
+    rng = np.random.default_rng(3)
+    T, B = 12, 30
+    lam = elbo.logsnr_grid(T)
+    mk = lambda: elbo.ELBOTerms(logsnrs=lam, sq_err=rng.uniform(0, 2, (T + 1, B)), prior_b=rng.uniform(0, 1e-3, B),
+                                recon_tb=np.sort(rng.uniform(0, 5, (T + 1, B)), axis=0)[::-1], dim=8)
+    a, b = mk(), mk()
+    both = elbo.ELBOTerms.concatenate([a, b])
+    path = [0, 3, 9, 12]
+    assert both.sq_err.shape == (T + 1, 2 * B)
+    assert both.nelbo_bpd(path) == pytest.approx(0.5 * (a.nelbo_bpd(path) + b.nelbo_bpd(path)), rel=1e-12)
+    assert both.per_example_bpd(path).mean() == pytest.approx(both.nelbo_bpd(path), rel=1e-12)
+    ends = both.all_steps_bpd_by_end()
+    for e in (1, 5, T):
+        assert ends[e] == pytest.approx(both.nelbo_bpd(np.arange(e + 1)), rel=1e-12)
+    assert np.isinf(ends[0])
+    with pytest.raises(ValueError, match="same logsnrs"):
+        elbo.ELBOTerms.concatenate([a, elbo.ELBOTerms(logsnrs=elbo.logsnr_grid(T, logsnr_max=8.0), sq_err=a.sq_err,
+                                                      prior_b=a.prior_b, recon_tb=a.recon_tb, dim=8)])
 
 
 def test_prior_kl_closed_form():
@@ -266,7 +293,7 @@ def test_decoder_is_normalised_and_recon_vanishes():
     np.testing.assert_allclose(elbo.recon_nll(x, lams), r, rtol=1e-12)   # vectorised = scalar
     assert np.all(np.diff(r) < 0) and r[0] > 10.0
     assert r[-1] < 1e-12
-    assert elbo.recon_nll(x, elbo.LOGSNR_0) / (64 * math.log(2)) < 1e-6   # the default endpoint
+    assert elbo.recon_nll(x, elbo.LOGSNR_CLEAN) / (64 * math.log(2)) < 1e-6   # the default endpoint
     # far below the bins' resolution the decoder knows nothing: -log p -> log(#levels)
     assert elbo.recon_nll_per_level(-30.0) == pytest.approx(np.full(17, math.log(17)), rel=1e-3)
 
@@ -320,21 +347,24 @@ def test_bad_inputs_raise():
     with pytest.raises(ValueError, match="path"):
         dp.path_cost(C, [1, 6])
     lam = elbo.logsnr_grid(6)
-    with pytest.raises(ValueError, match="logsnrs must be strictly decreasing"):
-        elbo.cost_matrix(lam[::-1], np.ones(7))
+    for fn in (lambda g: elbo.cost_matrix(g, np.ones(7)), lambda g: elbo.step_weights(g),
+               lambda g: elbo.nelbo_bpd([0, 6], logsnrs=g, mse=np.ones(7), prior=0, recon=0, dim=1),
+               lambda g: dp.path_to_grid([0, 6], g)):
+        with pytest.raises(ValueError, match="logsnrs must be strictly increasing"):
+            fn(lam[::-1])                     # no function of the library accepts a decreasing grid
     with pytest.raises(ValueError, match="mse"):
         elbo.cost_matrix(lam, np.ones(6))
     with pytest.raises(ValueError, match="mse"):
         elbo.cost_matrix(lam, -np.ones(7))
-    with pytest.raises(ValueError, match="logsnr_0"):
-        elbo.logsnr_grid(6, logsnr_0=-25.0)
+    with pytest.raises(ValueError, match="logsnr_max must be > logsnr_min"):
+        elbo.logsnr_grid(6, logsnr_max=-25.0)
     with pytest.raises(ValueError, match="levels"):
         elbo.recon_nll(np.full((2, 3), 0.06), 9.0)
     with pytest.raises(ValueError, match="path"):
         elbo.nelbo_bpd([0, 2, 5], logsnrs=lam, mse=np.ones(7), prior=0.0, recon=0.0, dim=3)
-    with pytest.raises(ValueError, match="start_cost"):
-        dp.optimal_paths(C, 2, start_cost=np.ones(6))
-    with pytest.raises(ValueError, match="start_cost"):
-        dp.optimal_paths(C, 2, start_cost=np.r_[np.full(6, np.inf), 0.0])
+    with pytest.raises(ValueError, match="end_cost"):
+        dp.optimal_paths(C, 2, end_cost=np.ones(6))
+    with pytest.raises(ValueError, match="end_cost"):
+        dp.optimal_paths(C, 2, end_cost=np.r_[0.0, np.full(6, np.inf)])
     with pytest.raises(ValueError, match="logsnrs"):
         elbo.mse_per_t(lambda z, l: z, jnp.zeros((4, 2)), jax.random.PRNGKey(0), [1.0])
