@@ -1,11 +1,13 @@
 """Data without the internet: 2-D toy distributions generated in code, scikit-learn's
-bundled 8x8 digits, and a loader for CIFAR-10 that the user places on disk.
+bundled 8x8 digits, and a loader for CIFAR-10 that reads it from disk (and downloads it
+only when asked: ``download=True``).
 
 * :func:`toy2d` -- ``(n, 2)`` samples, a pure function of a key. Every toy distribution
   is scaled so that each coordinate has mean 0 and variance 1 (exactly, in law).
 * :func:`load_digits_split` -- the 1797 digits as ``(N, 8, 8, 1)`` float32 in
   ``[-1, 1]`` on the 17 levels ``v/8 - 1`` (``v = 0..16``), with a fixed stratified split.
-* :func:`load_cifar10` -- the "CIFAR-10 python version" archive as NHWC float32 in ``[-1, 1]``.
+* :func:`load_cifar10` -- the "CIFAR-10 python version" archive as NHWC float32 in ``[-1, 1]``;
+  :func:`download_cifar10` fetches it (MD5-checked, extracted atomically) into the cache.
 * :func:`sample_batch`, :func:`batches` -- minibatches, keys as arguments.
 * :func:`get_dataset` -- one name resolved once into one of the above.
 """
@@ -13,16 +15,26 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import gzip
+import hashlib
+import http.client
 import math
 import os
 import pathlib
 import pickle
+import shutil
+import tarfile
+import tempfile
+import urllib.error
+import urllib.request
+import zlib
 from typing import Callable, Iterator
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ddss_lite import __version__, paths, progress
 from ddss_lite.validate import check_choice, check_K
 
 # --------------------------------------------------------------------------- 2-D toys
@@ -226,41 +238,173 @@ CIFAR10_ENV = "DDSS_CIFAR10_DIR"
 CIFAR10_SUBDIR = "cifar-10-batches-py"
 CIFAR10_TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 CIFAR10_TEST_FILE = "test_batch"
+CIFAR10_FILES = (*CIFAR10_TRAIN_FILES, CIFAR10_TEST_FILE)
 CIFAR10_SHAPE = (32, 32, 3)
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
                    "dog", "frog", "horse", "ship", "truck")
+# The "CIFAR-10 python version" and its MD5 as published on https://www.cs.toronto.edu/~kriz/cifar.html
+CIFAR10_PAGE = "https://www.cs.toronto.edu/~kriz/cifar.html"
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
+CIFAR10_CACHE_SUBDIR = "cifar10"  # download=True without a root: paths.cache_dir() / "cifar10"
+DOWNLOAD_TIMEOUT_S = 60.0  # bounds each blocking network operation (connect, one read), not the whole transfer
+_DOWNLOAD_CHUNK = 1 << 20
 
 
 class DatasetNotFoundError(FileNotFoundError):
-    """A data set that the book cannot download is not on disk."""
+    """A data set is not on disk (and no download was asked for)."""
 
 
-def _cifar10_missing(where: str) -> DatasetNotFoundError:
+class DownloadError(OSError):
+    """A download failed, came back truncated, did not match its published MD5, or was not the
+    expected archive. Nothing of it is left on disk."""
+
+
+class CIFAR10BatchError(ValueError, pickle.UnpicklingError):
+    """A CIFAR-10 batch file could not be unpickled: truncated, garbage, or referring to code
+    that the loader refuses to run. The message names the file."""
+
+
+def _cifar10_root(root) -> tuple[pathlib.Path, str]:
+    """The directory to look in and how it was chosen: ``root``, else ``$DDSS_CIFAR10_DIR``,
+    else the download cache ``paths.cache_dir() / "cifar10"``."""
+    if root is not None:
+        return pathlib.Path(root).expanduser(), "root"
+    env = os.environ.get(CIFAR10_ENV)
+    if env:
+        return pathlib.Path(env).expanduser(), CIFAR10_ENV
+    return paths.cache_dir() / CIFAR10_CACHE_SUBDIR, "cache"
+
+
+def _cifar10_candidates(root: pathlib.Path) -> list[pathlib.Path]:
+    return [root] if root.name == CIFAR10_SUBDIR else [root / CIFAR10_SUBDIR, root]
+
+
+def _cifar10_destination(root: pathlib.Path) -> pathlib.Path:
+    """Where a download of ``root`` (the directory or its parent) puts ``cifar-10-batches-py``."""
+    return root if root.name == CIFAR10_SUBDIR else root / CIFAR10_SUBDIR
+
+
+def _cifar10_complete(d: pathlib.Path) -> bool:
+    return all((d / f).is_file() for f in CIFAR10_FILES)
+
+
+def _cifar10_missing(where: str, dest: pathlib.Path) -> DatasetNotFoundError:
     return DatasetNotFoundError(
-        f"CIFAR-10 not found: {where}. The book cannot download data. Get the "
-        f"'CIFAR-10 python version' (cifar-10-python.tar.gz, "
-        f"https://www.cs.toronto.edu/~kriz/cifar.html), extract it so that "
-        f"<dir>/{CIFAR10_SUBDIR}/data_batch_1 exists, and pass root=<dir> "
-        f"or set the environment variable {CIFAR10_ENV}=<dir>.")
+        f"CIFAR-10 not found: {where}. Pass download=True to fetch the 'CIFAR-10 python version' "
+        f"(cifar-10-python.tar.gz, 163 MB, {CIFAR10_URL}, MD5-checked) into {dest}. Or get it "
+        f"yourself from {CIFAR10_PAGE}, extract it so that <dir>/{CIFAR10_SUBDIR}/data_batch_1 "
+        f"exists, and pass root=<dir> or set the environment variable {CIFAR10_ENV}=<dir>.")
 
 
 def cifar10_dir(root=None) -> pathlib.Path:
-    """The ``cifar-10-batches-py`` directory: ``root`` (or, when ``None``, the environment
-    variable ``DDSS_CIFAR10_DIR``) names it or its parent. Raises
-    :class:`DatasetNotFoundError` saying where it looked."""
-    if root is None:
-        root = os.environ.get(CIFAR10_ENV)
-        if not root:
-            raise _cifar10_missing(f"no root was given and {CIFAR10_ENV} is not set")
-    root = pathlib.Path(root).expanduser()
-    tried = [root] if root.name == CIFAR10_SUBDIR else [root / CIFAR10_SUBDIR, root]
+    """The ``cifar-10-batches-py`` directory: ``root`` names it or its parent; when ``None``,
+    the environment variable ``DDSS_CIFAR10_DIR`` does, and when that is unset too, the
+    download cache ``paths.cache_dir() / "cifar10"`` (where ``load_cifar10(download=True)``
+    puts it). Never downloads; raises :class:`DatasetNotFoundError` saying where it looked."""
+    base, how = _cifar10_root(root)
+    tried = _cifar10_candidates(base)
     for d in tried:
-        if all((d / f).is_file() for f in (*CIFAR10_TRAIN_FILES, CIFAR10_TEST_FILE)):
+        if _cifar10_complete(d):
             return d
-    missing = [str(tried[0] / f) for f in (*CIFAR10_TRAIN_FILES, CIFAR10_TEST_FILE)
-               if not (tried[0] / f).is_file()]
-    raise _cifar10_missing(f"looked in {' and '.join(str(d) for d in tried)}; "
-                           f"missing {', '.join(missing)}")
+    missing = [str(tried[0] / f) for f in CIFAR10_FILES if not (tried[0] / f).is_file()]
+    why = (f"no root was given and {CIFAR10_ENV} is not set, so it used the download cache; "
+           if how == "cache" else "")
+    raise _cifar10_missing(f"{why}looked in {' and '.join(str(d) for d in tried)}; "
+                           f"missing {', '.join(missing)}", _cifar10_destination(base))
+
+
+def _fetch(url: str, path: pathlib.Path, *, md5: str, timeout: float) -> None:
+    """Stream ``url`` into ``path``, checking the length against ``Content-Length`` and the
+    bytes against ``md5``; raises :class:`DownloadError` (the caller deletes ``path``)."""
+    name = url.rsplit("/", 1)[-1] or url
+    request = urllib.request.Request(url, headers={"User-Agent": f"ddss_lite/{__version__} (urllib)"})
+    digest = hashlib.md5(usedforsecurity=False)
+    n, total = 0, None
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response, open(path, "wb") as f:
+            length = response.headers.get("Content-Length", "")
+            total = int(length) if length.strip().isdigit() else None
+            with progress.bar(total=total, desc=f"download {name} (bytes)") as b:
+                while chunk := response.read(_DOWNLOAD_CHUNK):
+                    f.write(chunk)
+                    digest.update(chunk)
+                    n += len(chunk)
+                    b.update(len(chunk))
+    except http.client.IncompleteRead as e:
+        raise DownloadError(f"download of {name} from {url} truncated: received "
+                            f"{n + len(e.partial)} bytes, expected {total}; nothing was kept") from e
+    except (OSError, http.client.HTTPException) as e:  # URLError, timeouts, resets, SSL, disk
+        raise DownloadError(f"download of {name} from {url} failed after {n} bytes: {e}; "
+                            f"nothing was kept") from e
+    if total is not None and n != total:
+        raise DownloadError(f"download of {name} from {url} truncated: received {n} bytes, "
+                            f"expected {total} (Content-Length); nothing was kept")
+    actual = digest.hexdigest()
+    if actual != md5.lower():
+        raise DownloadError(f"{name} from {url} ({n} bytes) has MD5 {actual}, expected {md5}: "
+                            f"the download is corrupt or not the published archive; nothing was kept")
+
+
+def _extract_cifar10(archive: pathlib.Path, into: pathlib.Path, *, url: str) -> pathlib.Path:
+    """Copy the regular files directly under ``cifar-10-batches-py/`` in the tar.gz ``archive``
+    to ``into/cifar-10-batches-py`` (no links, no other paths: nothing lands outside ``into``)
+    and check that the six batch files are there. Returns that directory."""
+    out = into / CIFAR10_SUBDIR
+    out.mkdir(parents=True)
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            for m in tar:
+                parts = pathlib.PurePosixPath(m.name).parts
+                if not (m.isfile() and len(parts) == 2 and parts[0] == CIFAR10_SUBDIR
+                        and parts[1] not in ("", ".", "..")):
+                    continue
+                with tar.extractfile(m) as src, open(out / parts[1], "wb") as dst:
+                    shutil.copyfileobj(src, dst, _DOWNLOAD_CHUNK)
+    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as e:
+        raise DownloadError(f"{url}: the archive is not a complete tar.gz ({type(e).__name__}: {e}); "
+                            f"nothing was kept") from e
+    missing = [f for f in CIFAR10_FILES if not (out / f).is_file()]
+    if missing:
+        raise DownloadError(f"{url}: the archive has no {', '.join(f'{CIFAR10_SUBDIR}/{f}' for f in missing)}; "
+                            f"nothing was kept")
+    return out
+
+
+def download_cifar10(root=None, *, url: str = CIFAR10_URL, md5: str = CIFAR10_MD5,
+                     timeout: float = DOWNLOAD_TIMEOUT_S) -> pathlib.Path:
+    """Make sure the ``cifar-10-batches-py`` directory exists under ``root`` (resolved as in
+    :func:`cifar10_dir`; by default the download cache) and return it. When it is absent,
+    fetch ``url`` (the official archive) over HTTP(S) with urllib, check its ``md5``, and
+    extract it atomically: everything is written into a hidden temporary directory beside
+    the destination, the six batch files are checked, and one rename puts the directory in
+    place, so a failed or killed run never leaves a half-written data set (a killed one may
+    leave that hidden ``.cifar-10-batches-py.*.tmp`` directory). A failure raises
+    :class:`DownloadError` and removes the partial download. ``timeout`` bounds each network
+    operation, in seconds."""
+    base, _ = _cifar10_root(root)
+    for d in _cifar10_candidates(base):
+        if _cifar10_complete(d):
+            return d
+    dest = _cifar10_destination(base)
+    parent = dest.parent
+    if dest.exists():
+        missing = [f for f in CIFAR10_FILES if not (dest / f).is_file()]
+        raise FileExistsError(f"{dest} exists but is incomplete (missing {', '.join(missing)}); "
+                              f"move it away or delete it, then download again")
+    parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=parent, prefix=f".{CIFAR10_SUBDIR}.", suffix=".tmp") as tmp:
+        tmp = pathlib.Path(tmp)
+        archive = tmp / (url.rsplit("/", 1)[-1] + ".part")
+        _fetch(url, archive, md5=md5, timeout=timeout)
+        extracted = _extract_cifar10(archive, tmp / "extract", url=url)
+        archive.unlink()
+        try:
+            os.rename(extracted, dest)
+        except OSError:
+            if not _cifar10_complete(dest):  # not a concurrent run that finished first
+                raise
+    return dest
 
 
 class _BatchUnpickler(pickle.Unpickler):
@@ -280,12 +424,24 @@ class _BatchUnpickler(pickle.Unpickler):
 
 def _read_cifar_batch(path: pathlib.Path):
     """One pickled batch -> ``(x (N, 32, 32, 3) float32 in [-1, 1], y (N,) int32)``.
-    Rows of ``b"data"`` are 3072 bytes: the R, G, B planes, each 32x32 row-major (CHW)."""
+    Rows of ``b"data"`` are 3072 bytes: the R, G, B planes, each 32x32 row-major (CHW).
+    A file that is not such a batch raises ``ValueError`` naming it (:class:`CIFAR10BatchError`,
+    also a ``pickle.UnpicklingError``, when it cannot be unpickled at all)."""
     with open(path, "rb") as f:
-        batch = _BatchUnpickler(f, encoding="bytes").load()  # the data set's official format
+        try:
+            batch = _BatchUnpickler(f, encoding="bytes").load()  # the data set's official format
+        except Exception as e:  # truncated or garbage bytes raise any of a dozen types
+            raise CIFAR10BatchError(
+                f"{path}: not a readable CIFAR-10 batch ({type(e).__name__}: {e}); the file is "
+                f"truncated or corrupt: delete the {CIFAR10_SUBDIR} directory and extract or "
+                f"download it again") from e
     if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
-        raise ValueError(f"{path}: expected a dict with keys b'data' and b'labels'")
-    data, labels = np.asarray(batch[b"data"]), np.asarray(batch[b"labels"])
+        raise ValueError(f"{path}: expected a dict with keys b'data' and b'labels', "
+                         f"got {type(batch).__name__}")
+    try:
+        data, labels = np.asarray(batch[b"data"]), np.asarray(batch[b"labels"])
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{path}: b'data' and b'labels' must be arrays ({e})") from e
     n_bytes = int(np.prod(CIFAR10_SHAPE))
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != n_bytes:
         raise ValueError(f"{path}: b'data' must be uint8 of shape (N, {n_bytes}), "
@@ -299,11 +455,13 @@ def _read_cifar_batch(path: pathlib.Path):
     return x.astype(np.float32) / 127.5 - 1, labels.astype(np.int32)
 
 
-def load_cifar10(root=None) -> Split:
-    """CIFAR-10 from the "python version" on disk (see :func:`cifar10_dir`): train =
-    ``data_batch_1..5``, test = ``test_batch``, as NHWC float32 ``x = u/127.5 - 1``
-    (``u`` the uint8 value) with int32 labels. Never downloads."""
-    d = cifar10_dir(root)
+def load_cifar10(root=None, *, download: bool = False, url: str = CIFAR10_URL,
+                 md5: str = CIFAR10_MD5) -> Split:
+    """CIFAR-10 from the "python version" (see :func:`cifar10_dir` for where it looks): train =
+    ``data_batch_1..5``, test = ``test_batch``, as NHWC float32 ``x = u/127.5 - 1`` (``u`` the
+    uint8 value) with int32 labels. Downloads only with ``download=True`` (see
+    :func:`download_cifar10`; ``url`` and ``md5`` override the official archive's)."""
+    d = download_cifar10(root, url=url, md5=md5) if download else cifar10_dir(root)
     train = [_read_cifar_batch(d / f) for f in CIFAR10_TRAIN_FILES]
     x_test, y_test = _read_cifar_batch(d / CIFAR10_TEST_FILE)
     x_train = np.concatenate([x for x, _ in train])

@@ -1,6 +1,15 @@
 """ddss_lite.data: toy generators, the digits split, the CIFAR-10 loader (on tiny fake files
 written here in the official on-disk format), minibatching and dispatch."""
+import hashlib
+import http.server
+import io
+import os
 import pickle
+import shutil
+import socket
+import tarfile
+import threading
+import types
 
 import jax
 import jax.numpy as jnp
@@ -207,10 +216,13 @@ def test_cifar_missing(tmp_path, monkeypatch):
         data.load_cifar10(where)
     assert isinstance(e.value, data.DatasetNotFoundError)
     msg = str(e.value)
-    assert str(where) in msg and "cannot download" in msg and data.CIFAR10_ENV in msg
+    assert str(where) in msg and "download=True" in msg and data.CIFAR10_ENV in msg
+    assert data.CIFAR10_URL in msg
     monkeypatch.delenv(data.CIFAR10_ENV, raising=False)
-    with pytest.raises(data.DatasetNotFoundError, match=data.CIFAR10_ENV):
-        data.load_cifar10()
+    monkeypatch.setenv("DDSS_BUILD_DIR", str(tmp_path / "build"))
+    with pytest.raises(data.DatasetNotFoundError, match=data.CIFAR10_ENV) as e:
+        data.load_cifar10()  # no root, no variable: the download cache, which is empty
+    assert str(tmp_path / "build" / "cache" / data.CIFAR10_CACHE_SUBDIR) in str(e.value)
 
 
 def test_cifar_missing_one_file(fake_cifar):
@@ -263,8 +275,283 @@ def test_cifar_refuses_arbitrary_pickles(fake_cifar):
     root, _ = fake_cifar
     with open(root / "cifar-10-batches-py" / "test_batch", "wb") as f:
         pickle.dump({b"labels": [0], b"data": _Evil()}, f)
-    with pytest.raises(pickle.UnpicklingError, match="refusing"):
+    with pytest.raises(pickle.UnpicklingError, match="refusing") as e:
         data.load_cifar10(root)
+    assert isinstance(e.value, ValueError) and "test_batch" in str(e.value)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "garbage", "trailing_half_array"])
+def test_cifar_unreadable_batch_names_file(fake_cifar, damage):
+    # Every way a batch file can fail to unpickle is a ValueError that names the file.
+    root, _ = fake_cifar
+    path = root / "cifar-10-batches-py" / "data_batch_3"
+    blob = path.read_bytes()
+    damaged = {"truncated": blob[: len(blob) // 2], "empty": b"",
+               "garbage": np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes(),
+               "trailing_half_array": blob[:-40]}[damage]
+    path.write_bytes(damaged)
+    with pytest.raises(ValueError, match="data_batch_3") as e:
+        data.load_cifar10(root)
+    assert isinstance(e.value, data.CIFAR10BatchError) and "corrupt" in str(e.value)
+
+
+# --------------------------------------------------------------------------- CIFAR-10 download
+# A tiny archive in the official layout, served over HTTP by a server on 127.0.0.1 only.
+
+N_PER_BATCH = 3
+
+
+def _archive(*, files=data.CIFAR10_FILES, extra=()):
+    """``(tar.gz bytes, {file: (uint8 NHWC images, labels)})`` in the layout of
+    cifar-10-python.tar.gz: cifar-10-batches-py/<file>, each a protocol-2 pickled dict."""
+    buf, content = io.BytesIO(), {}
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        dir_info = tarfile.TarInfo(data.CIFAR10_SUBDIR)
+        dir_info.type = tarfile.DIRTYPE
+        tar.addfile(dir_info)
+
+        def add(name, blob):
+            info = tarfile.TarInfo(name)
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+
+        for i, name in enumerate(files):
+            img = _images(N_PER_BATCH, 100 + i)
+            labels = [(i + j) % 10 for j in range(N_PER_BATCH)]
+            rows = img.transpose(0, 3, 1, 2).reshape(N_PER_BATCH, 3072)
+            add(f"{data.CIFAR10_SUBDIR}/{name}",
+                pickle.dumps({b"batch_label": name.encode(), b"labels": labels, b"data": rows}, protocol=2))
+            content[name] = (img, labels)
+        add(f"{data.CIFAR10_SUBDIR}/readme.html", b"<html></html>")
+        for member in extra:
+            tar.addfile(member[0], io.BytesIO(member[1]) if member[1] is not None else None)
+    return buf.getvalue(), content
+
+
+def _md5(blob):
+    return hashlib.md5(blob).hexdigest()
+
+
+@pytest.fixture
+def http_server(monkeypatch):
+    """A server on 127.0.0.1 (free port) serving ``files[name] = (body, content_length)``
+    (``content_length=None``: the body's length); ``requests`` lists the paths asked for.
+    Proxies are bypassed, and a connection to any other address fails the test."""
+    files, requests = {}, []
+
+    class Handler(http.server.BaseHTTPRequestHandler):  # HTTP/1.0: one request per connection
+        def do_GET(self):
+            requests.append(self.path)
+            name = self.path.lstrip("/")
+            if name not in files:
+                self.send_error(404)
+                return
+            body, length = files[name]
+            self.send_response(200)
+            self.send_header("Content-Type", "application/gzip")
+            self.send_header("Content-Length", str(len(body) if length is None else length))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    for var in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("no_proxy", "*")
+    monkeypatch.setenv("NO_PROXY", "*")
+    connect = socket.create_connection
+
+    def local_only(address, *args, **kwargs):
+        assert address[0] == "127.0.0.1", f"test tried to reach {address}"
+        return connect(address, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "create_connection", local_only)
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        yield types.SimpleNamespace(files=files, requests=requests, url=lambda name: f"{base}/{name}")
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def _serve(server, blob, *, name="cifar-10-python.tar.gz", length=None):
+    server.files[name] = (blob, length)
+    return server.url(name)
+
+
+def _tree(path):
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*"))
+
+
+def test_cifar_download_round_trip(http_server, tmp_path, monkeypatch):
+    blob, content = _archive()
+    url = _serve(http_server, blob)
+    monkeypatch.delenv(data.CIFAR10_ENV, raising=False)
+    monkeypatch.setenv("DDSS_BUILD_DIR", str(tmp_path / "build"))
+    s = data.load_cifar10(download=True, url=url, md5=_md5(blob))  # no root: the cache
+    cache = tmp_path / "build" / "cache" / data.CIFAR10_CACHE_SUBDIR
+    # only the extracted directory is left: no archive, no .part, no temporary directory
+    assert _tree(cache) == sorted([data.CIFAR10_SUBDIR, *(f"{data.CIFAR10_SUBDIR}/{f}"
+                                   for f in (*data.CIFAR10_FILES, "readme.html"))])
+    assert s.x_train.shape == (5 * N_PER_BATCH, 32, 32, 3) and s.x_test.shape == (N_PER_BATCH, 32, 32, 3)
+    want = np.concatenate([content[f][0] for f in data.CIFAR10_TRAIN_FILES])
+    np.testing.assert_array_equal(s.x_train, want.astype(np.float32) / 127.5 - 1)  # NHWC, pixel for pixel
+    np.testing.assert_array_equal(s.x_test, content["test_batch"][0].astype(np.float32) / 127.5 - 1)
+    np.testing.assert_array_equal(s.y_train, np.concatenate([content[f][1] for f in data.CIFAR10_TRAIN_FILES]))
+    np.testing.assert_array_equal(s.y_test, content["test_batch"][1])
+    assert len(http_server.requests) == 1
+    # present now: no second download, with or without download=True
+    again = data.load_cifar10(download=True, url=url, md5=_md5(blob))
+    np.testing.assert_array_equal(again.x_train, s.x_train)
+    np.testing.assert_array_equal(data.load_cifar10().x_test, s.x_test)
+    assert data.cifar10_dir() == cache / data.CIFAR10_SUBDIR
+    assert len(http_server.requests) == 1
+
+
+@pytest.mark.parametrize("form", ["parent", "subdir", "env"])
+def test_cifar_download_into_root(http_server, tmp_path, monkeypatch, form):
+    blob, content = _archive()
+    url = _serve(http_server, blob)
+    root = tmp_path / "new" / "data"  # created on demand
+    if form == "env":
+        monkeypatch.setenv(data.CIFAR10_ENV, str(root))
+        d = data.download_cifar10(url=url, md5=_md5(blob), timeout=10)
+    else:
+        d = data.download_cifar10(root / data.CIFAR10_SUBDIR if form == "subdir" else root,
+                                  url=url, md5=_md5(blob), timeout=10)
+    assert d == root / data.CIFAR10_SUBDIR and os.listdir(root) == [data.CIFAR10_SUBDIR]
+    np.testing.assert_array_equal(data.load_cifar10(root).y_test, content["test_batch"][1])
+    assert len(http_server.requests) == 1
+
+
+def _assert_failed_cleanly(root, server, n_requests=1):
+    assert not root.exists() or _tree(root) == []  # no archive, no .part, no temporary directory
+    assert len(server.requests) == n_requests
+    with pytest.raises(data.DatasetNotFoundError):
+        data.cifar10_dir(root)
+
+
+def test_cifar_download_bad_md5(http_server, tmp_path):
+    blob, _ = _archive()
+    url = _serve(http_server, blob)
+    root = tmp_path / "cifar"
+    with pytest.raises(data.DownloadError) as e:
+        data.download_cifar10(root, url=url, md5="0" * 32, timeout=10)
+    msg = str(e.value)
+    assert "cifar-10-python.tar.gz" in msg and "0" * 32 in msg and _md5(blob) in msg
+    _assert_failed_cleanly(root, http_server)
+
+
+def test_cifar_download_truncated_transfer(http_server, tmp_path):
+    # The server promises the whole archive (Content-Length) and closes after half of it.
+    blob, _ = _archive()
+    url = _serve(http_server, blob[: len(blob) // 2], length=len(blob))
+    root = tmp_path / "cifar"
+    with pytest.raises(data.DownloadError, match="truncated") as e:
+        data.download_cifar10(root, url=url, md5=_md5(blob), timeout=10)
+    assert f"received {len(blob) // 2} bytes, expected {len(blob)}" in str(e.value)
+    assert "cifar-10-python.tar.gz" in str(e.value)
+    _assert_failed_cleanly(root, http_server)
+
+
+def test_cifar_download_truncated_archive(http_server, tmp_path):
+    # A complete transfer of a truncated archive whose MD5 matches (a wrong md5= override):
+    # extraction fails, and nothing is left.
+    blob, _ = _archive()
+    cut = blob[: len(blob) * 2 // 3]
+    url = _serve(http_server, cut)
+    root = tmp_path / "cifar"
+    with pytest.raises(data.DownloadError, match="not a complete tar.gz"):
+        data.download_cifar10(root, url=url, md5=_md5(cut), timeout=10)
+    _assert_failed_cleanly(root, http_server)
+
+
+def test_cifar_download_archive_without_a_batch(http_server, tmp_path):
+    blob, _ = _archive(files=data.CIFAR10_TRAIN_FILES)
+    url = _serve(http_server, blob)
+    root = tmp_path / "cifar"
+    with pytest.raises(data.DownloadError, match="test_batch"):
+        data.download_cifar10(root, url=url, md5=_md5(blob), timeout=10)
+    _assert_failed_cleanly(root, http_server)
+
+
+def test_cifar_download_http_error(http_server, tmp_path):
+    root = tmp_path / "cifar"
+    with pytest.raises(data.DownloadError, match="404"):
+        data.download_cifar10(root, url=http_server.url("missing.tar.gz"), md5="0" * 32, timeout=10)
+    _assert_failed_cleanly(root, http_server)
+
+
+def test_cifar_download_interrupted(http_server, tmp_path, monkeypatch):
+    # Interrupted during extraction (Ctrl-C): the temporary directory goes, nothing half-written stays.
+    blob, _ = _archive()
+    url = _serve(http_server, blob)
+    root = tmp_path / "cifar"
+    copy = shutil.copyfileobj
+    calls = []
+
+    def copy_then_interrupt(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return copy(*args, **kwargs)
+
+    monkeypatch.setattr(shutil, "copyfileobj", copy_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        data.download_cifar10(root, url=url, md5=_md5(blob), timeout=10)
+    _assert_failed_cleanly(root, http_server)
+
+
+def test_cifar_download_extracts_only_the_batch_directory(http_server, tmp_path):
+    # Members outside cifar-10-batches-py/, or not regular files, are never written.
+    link = tarfile.TarInfo(f"{data.CIFAR10_SUBDIR}/link")
+    link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+    escape = tarfile.TarInfo(f"{data.CIFAR10_SUBDIR}/../escape")
+    escape.size = 4
+    absolute = tarfile.TarInfo(str(tmp_path / "absolute"))
+    absolute.size = 4
+    blob, _ = _archive(extra=[(link, None), (escape, b"evil"), (absolute, b"evil")])
+    url = _serve(http_server, blob)
+    root = tmp_path / "cifar"
+    d = data.download_cifar10(root, url=url, md5=_md5(blob), timeout=10)
+    assert sorted(os.listdir(d)) == sorted([*data.CIFAR10_FILES, "readme.html"])
+    assert os.listdir(root) == [data.CIFAR10_SUBDIR]
+    assert not (tmp_path / "absolute").exists() and not (tmp_path / "escape").exists()
+
+
+def test_cifar_download_refuses_incomplete_directory(http_server, tmp_path):
+    blob, _ = _archive()
+    url = _serve(http_server, blob)
+    (tmp_path / data.CIFAR10_SUBDIR).mkdir()
+    (tmp_path / data.CIFAR10_SUBDIR / "data_batch_1").write_bytes(b"mine")
+    with pytest.raises(FileExistsError, match="incomplete"):
+        data.download_cifar10(tmp_path, url=url, md5=_md5(blob), timeout=10)
+    assert http_server.requests == []  # refused before downloading
+    assert os.listdir(tmp_path / data.CIFAR10_SUBDIR) == ["data_batch_1"]  # the user's files untouched
+
+
+def test_cifar_download_concurrent_run_finished_first(http_server, tmp_path, monkeypatch):
+    # Another process completes the directory while this one extracts: the rename loses the
+    # race, the complete directory stands, and this run's temporary files are removed.
+    blob, _ = _archive()
+    url = _serve(http_server, blob)
+    root = tmp_path / "cifar"
+    extract = data._extract_cifar10
+
+    def extract_while_other_finishes(archive, into, **kwargs):
+        out = extract(archive, into, **kwargs)
+        shutil.copytree(out, root / data.CIFAR10_SUBDIR)
+        (root / data.CIFAR10_SUBDIR / "winner").write_text("the other run")
+        return out
+
+    monkeypatch.setattr(data, "_extract_cifar10", extract_while_other_finishes)
+    d = data.download_cifar10(root, url=url, md5=_md5(blob), timeout=10)
+    assert (d / "winner").is_file() and os.listdir(root) == [data.CIFAR10_SUBDIR]
 
 
 # --------------------------------------------------------------------------- minibatches
