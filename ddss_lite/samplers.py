@@ -553,3 +553,10 @@ def nfe(name: str, K: int, **options) -> int:
     if name in FAMILIES:
         return FAMILIES[name].nfe(K)
     return get_sampler(name).nfe(K, **options)
+
+
+# --------------------------------------------------------------------------- conjugate integrators
+# Registered last: ddss_lite.integrators imports Sampler and the chain helpers from this module.
+from ddss_lite import integrators as _integrators  # noqa: E402
+
+SAMPLERS.update(_integrators.SAMPLERS)
