@@ -1,14 +1,21 @@
 # The two commands of the README:
-#   make book   build the book: environment, every chapter executed with papermill (profile cpu), HTML
-#   make test   run the tests (every chapter in the smoke profile, analytic checks, tensorflow-gan parity)
+#   make book   build the book: environment, every chapter executed with papermill (profile cpu), HTML,
+#               screenshots, and the real-browser check of the rendered pages
+#   make test   run the tests: analytic checks, tensorflow-gan parity, every chapter executed in the smoke
+#               profile and rendered, and the real-browser check of that smoke book
 PYTHON ?= python3
 VENV   := .venv
 TFENV  := .venv-tf
 PY     := $(VENV)/bin/python
 PROFILE ?= cpu
+HTML   := _build/jb/_build/html
+SMOKE  := _build/smoke
+# Chapters and tests compile the same JAX programs in many processes: one on-disk compilation cache.
+export JAX_COMPILATION_CACHE_DIR ?= $(CURDIR)/_build/jax_cache
+export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS ?= 0.2
 TF_PINS := tensorflow==2.15.1 tensorflow-probability==0.23.0 tf-keras==2.15.1 tensorflow-hub==0.16.1 tensorflow-gan==2.1.0
 
-.PHONY: book test env tfenv execute html bench clean
+.PHONY: book test env tfenv browser smoke-book execute html bench clean
 
 env: $(VENV)/.stamp
 $(VENV)/.stamp: requirements.lock pyproject.toml
@@ -25,7 +32,21 @@ $(TFENV)/.stamp:
 	$(TFENV)/bin/python -m pip install -q $(TF_PINS)
 	touch $@
 
-test: env tfenv
+# Headless Chromium for tests/test_rendered_book.py and book/screenshots.py (Debian's packages; root + apt).
+browser:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	else echo "make browser: not root or no apt-get: install chromium and chromium-driver yourself" \
+	  "(tests/test_rendered_book.py skips without them, and fails under CI=true)"; fi
+
+# Every chapter in the smoke profile, rendered: the tests check the executed notebooks and the pages.
+smoke-book: env
+	$(PY) book/execute.py --profile smoke --build-dir $(SMOKE)
+	$(VENV)/bin/jupyter-book build $(SMOKE)/src --path-output $(SMOKE)/jb -q
+
+test: env tfenv browser smoke-book
+	DDSS_SMOKE_BUILD=$(CURDIR)/$(SMOKE) DDSS_HTML_DIR=$(CURDIR)/$(SMOKE)/jb/_build/html \
 	DDSS_TF_PYTHON=$(CURDIR)/$(TFENV)/bin/python $(PY) -m pytest -q -ra tests
 
 execute: env
@@ -33,9 +54,11 @@ execute: env
 
 html: env
 	$(VENV)/bin/jupyter-book build _build/src --path-output _build/jb
-	@echo "HTML: _build/jb/_build/html/index.html"
+	@echo "HTML: $(HTML)/index.html"
 
-book: execute html
+book: execute html browser
+	$(PY) book/screenshots.py $(HTML) _build/screenshots
+	DDSS_HTML_DIR=$(CURDIR)/$(HTML) $(PY) -m pytest -q -ra tests/test_rendered_book.py
 
 bench: env
 	$(PY) benchmarks/chain_remat.py

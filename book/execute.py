@@ -3,48 +3,80 @@
     python book/execute.py --profile cpu            # all chapters, in _toc.yml order
     python book/execute.py --profile smoke --only 01_setup
 
-Executed notebooks land in ``_build/src/`` beside copies of ``_config.yml``, ``_toc.yml``
-and the book's other files, so ``jupyter-book build _build/src`` renders them without
-re-executing. Models, results and figures go to ``_build/`` (``DDSS_BUILD_DIR``).
-A failing cell stops the build with papermill's error.
+Executed notebooks land in ``<build dir>/src/`` beside copies of ``_config.yml``, ``_toc.yml``
+and the book's other files, so ``jupyter-book build <build dir>/src`` renders them without
+re-executing. Models, results and figures go to the build directory: ``--build-dir``, else the
+environment variable ``DDSS_BUILD_DIR``, else ``_build/`` at the repository root.
+
+The kernels run with ``DDSS_PROGRESS=summary`` (one line per long loop instead of a progress bar
+in the stored output) and share JAX's persistent compilation cache (``<build dir>/jax_cache``,
+unless ``JAX_COMPILATION_CACHE_DIR`` is set), and papermill's injected parameters are folded into the chapter's own
+parameters cell, so a reader sees the values used once. A failing cell stops the build with
+papermill's error.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import pathlib
 import shutil
 import sys
 import time
 
-import papermill
-import yaml
-
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def chapters(root: pathlib.Path = ROOT) -> list[str]:
     """The notebook chapters listed in ``_toc.yml``, as paths relative to the root, in order."""
+    import yaml
+
     toc = yaml.safe_load((root / "_toc.yml").read_text())
     files = [toc["root"]] + [c["file"] for c in toc.get("chapters", [])]
     return [f + ".ipynb" for f in files if (root / (f + ".ipynb")).is_file()]
 
 
+def fold_parameters(path: pathlib.Path) -> None:
+    """Replace the notebook's ``parameters`` cell by papermill's injected cell (the values used) and
+    drop the injected cell, so the executed chapter shows its parameters once."""
+    nb = json.loads(path.read_text())
+    cells = nb["cells"]
+    tags = lambda c: c.get("metadata", {}).get("tags", [])
+    injected = [i for i, c in enumerate(cells) if "injected-parameters" in tags(c)]
+    params = [i for i, c in enumerate(cells) if "parameters" in tags(c)]
+    if not injected or not params:
+        return
+    src = [line for line in cells[injected[0]]["source"] if not line.startswith("# Parameters")]
+    cells[params[0]]["source"] = src
+    del cells[injected[0]]
+    path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+
+
 def execute(nb: str, out: pathlib.Path, *, profile: str, build_dir: pathlib.Path, seed: int = 0) -> float:
     """Run one chapter with papermill; returns its wall time in seconds."""
+    import papermill
+
     out.parent.mkdir(parents=True, exist_ok=True)
-    env_before = os.environ.get("DDSS_BUILD_DIR")
+    keys = ("DDSS_BUILD_DIR", "DDSS_PROGRESS", "JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS")
+    saved = {k: os.environ.get(k) for k in keys}
     os.environ["DDSS_BUILD_DIR"] = str(build_dir)
+    os.environ.setdefault("DDSS_PROGRESS", "summary")
+    # Chapters run in separate kernels that compile the same functions again: share the compiled
+    # programs through JAX's persistent compilation cache (keyed by the program and the JAX version).
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(build_dir / "jax_cache"))
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
     t0 = time.perf_counter()
     try:
         papermill.execute_notebook(str(ROOT / nb), str(out), parameters=dict(profile=profile, seed=seed),
                                    cwd=str(out.parent), kernel_name="python3", progress_bar=False,
                                    log_output=False)
     finally:
-        if env_before is None:
-            os.environ.pop("DDSS_BUILD_DIR", None)
-        else:
-            os.environ["DDSS_BUILD_DIR"] = env_before
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    fold_parameters(out)
     return time.perf_counter() - t0
 
 
@@ -59,24 +91,41 @@ def stage(src_dir: pathlib.Path) -> None:
             shutil.copy2(f, src_dir / "book" / f.name)
 
 
+def default_build_dir() -> pathlib.Path:
+    env = os.environ.get("DDSS_BUILD_DIR")
+    return pathlib.Path(env) if env else ROOT / "_build"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--profile", default="cpu")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--only", nargs="*", help="chapter names (e.g. 01_setup) to run; default all")
-    ap.add_argument("--build-dir", default=str(ROOT / "_build"))
+    ap.add_argument("--build-dir", default=None, help="default: $DDSS_BUILD_DIR, else _build/ at the root")
     args = ap.parse_args(argv)
-    build_dir = pathlib.Path(args.build_dir).resolve()
+    sys.path.insert(0, str(ROOT))
+    from ddss_lite.profiles import PROFILES
+
+    if args.profile not in PROFILES:          # before staging or starting a kernel
+        ap.error(f"--profile must be one of {list(PROFILES)}, got {args.profile!r}")
+    names = [pathlib.Path(nb).stem for nb in chapters()]
+    unknown = sorted(set(args.only or ()) - set(names))
+    if unknown:
+        ap.error(f"--only names chapters that do not exist: {unknown}; the chapters are {names}")
+    build_dir = (pathlib.Path(args.build_dir) if args.build_dir else default_build_dir()).resolve()
     src_dir = build_dir / "src"
     stage(src_dir)
     times = {}
     for nb in chapters():
-        if args.only and pathlib.Path(nb).stem not in args.only:
+        if args.only is not None and pathlib.Path(nb).stem not in args.only:
             continue
         print(f"executing {nb} (profile {args.profile}) ...", flush=True)
         times[nb] = execute(nb, src_dir / nb, profile=args.profile, build_dir=build_dir, seed=args.seed)
         print(f"  done in {times[nb]:.0f} s", flush=True)
     print(f"executed {len(times)} chapters in {sum(times.values()):.0f} s", flush=True)
+    (build_dir / "results").mkdir(parents=True, exist_ok=True)
+    (build_dir / "results" / f"chapter_seconds_{args.profile}.json").write_text(
+        json.dumps({pathlib.Path(k).stem: round(v, 1) for k, v in times.items()}, indent=1) + "\n")
     return 0
 
 

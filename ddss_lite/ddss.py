@@ -100,7 +100,7 @@ def probe_fingerprints(denoise: Callable, phi: Callable, optimizer, init_params,
 def search(family, denoise: Callable, phi: Callable, real_feats, *, K: int, shape: tuple, key,
            optimizer: optax.GradientTransformation, steps: int, logsnrs=None, kernel: str = "linear",
            learn_logsnrs: bool = False, init_params: dict | None = None, remat: bool = True,
-           eval_fn: Callable | None = None, eval_every: int = 25, ckpt_path=None, ckpt_every: int = 50,
+           eval_fn: Callable | None = None, eval_every: int = 25, ckpt_path=None, cache_dir=None, ckpt_every: int = 50,
            config: dict | None = None, desc: str = "ddss", stop_after: int | None = None) -> SearchResult:
     """Run DDSS: ``steps`` Adam (or any optax) steps on the KID of ``shape``-sized sample batches.
 
@@ -121,6 +121,8 @@ def search(family, denoise: Callable, phi: Callable, real_feats, *, K: int, shap
         above, the key, digests of ``real_feats`` and of the start, probes of the denoiser, the
         feature map and the optimiser (:func:`probe_fingerprints`), and the caller's ``config``.
         Anything else is ignored with a warning and the search starts afresh.
+      cache_dir: instead of ``ckpt_path``, checkpoint under ``cache_dir/ddss-{family}-K{K}-{hash}.ckpt``
+        with the hash of the full configuration above (a finished search is then loaded, not rerun).
       stop_after: stop after this many steps in total, as an interruption would (tests).
 
     Raises ``FloatingPointError`` naming the step if the loss or a gradient is NaN/Inf.
@@ -155,10 +157,16 @@ def search(family, denoise: Callable, phi: Callable, real_feats, *, K: int, shap
                   real_feats_sha256=store.array_digest(np.asarray(real_feats, np.float32)),
                   init_sha256=hashlib.sha256(serialization.to_bytes(init_params)).hexdigest(),
                   probes=probe_fingerprints(denoise, phi, optimizer, init_params, shape=shape, logsnrs=logsnrs))
+    if cache_dir is not None:
+        if ckpt_path is not None:
+            raise ValueError("give ckpt_path or cache_dir, not both")
+        ckpt_path = pathlib.Path(cache_dir) / f"ddss-{family.name}-K{K}-{store.config_hash(config)}.ckpt"
     if ckpt_path is not None and pathlib.Path(ckpt_path).exists():
         try:
             state = jax.tree_util.tree_map(jnp.asarray, store.load_state(ckpt_path, state, config=config))
-            log.warning("%s: resumed from checkpoint %s at step %d of %d", desc, ckpt_path, int(state["step"]), steps)
+            if int(state["step"]) < steps:
+                log.warning("%s: resumed from checkpoint %s at step %d of %d", desc, ckpt_path, int(state["step"]),
+                            steps)
         except store.CorruptFile as e:
             log.warning("%s: ignoring search checkpoint (starting afresh): %s", desc, e)
 

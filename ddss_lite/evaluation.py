@@ -197,7 +197,9 @@ class Evaluator:
 
     ``ref_feats`` (M, d) are the reference set's features in ``phi`` (e.g. the held-out classifier's
     features of the test digits). KID standard errors are the unbiased variance estimate
-    (:func:`kid_variance`); ``n_boot`` bootstrap replicates (seeded by ``seed``) give FID's. Build once per (feature map, reference set) and reuse: the reference Gram
+    (:func:`kid_variance`); ``n_boot`` bootstrap replicates (seeded by ``seed``) give FID's.
+    ``with_fid=False`` skips FID (e.g. on random Fourier features of 2-D data, where a Gaussian fit
+    means little and its bootstrap costs O(n d^2) per replicate); the FID entries are then NaN. Build once per (feature map, reference set) and reuse: the reference Gram
     matrix is computed once.
     """
 
@@ -205,6 +207,7 @@ class Evaluator:
     ref_feats: np.ndarray
     n_boot: int = N_BOOT
     seed: int = 0
+    with_fid: bool = True
 
     def __post_init__(self):
         r = _feats(self.ref_feats, name="ref_feats")
@@ -247,9 +250,11 @@ class Evaluator:
         if var <= 0:   # rare: fall back to the bootstrap (conservative)
             var = float(np.var(_u_pairs(K_gg, W) + _u_pairs(K_rr, V)
                                - 2 * np.einsum("bi,bi->b", W @ K_gr, V) / (n * m), ddof=1))
-        fid = metrics.fid(g, r)
-        fid_b = _fid_batch(*_boot_stats(g, W), *_boot_stats(r, V))
-        return {"kid": kid, "kid_se": float(np.sqrt(var)), "fid": float(fid), "fid_se": float(fid_b.std(ddof=1)),
+        fid, fid_se = float("nan"), float("nan")
+        if self.with_fid:
+            fid = metrics.fid(g, r)
+            fid_se = float(_fid_batch(*_boot_stats(g, W), *_boot_stats(r, V)).std(ddof=1))
+        return {"kid": kid, "kid_se": float(np.sqrt(var)), "fid": float(fid), "fid_se": fid_se,
                 "n": int(n), "m": int(m)}
 
     def quality(self, x) -> dict:
@@ -278,12 +283,15 @@ class Evaluator:
         var = kid_variance(D, E)
         if var <= 0:   # rare: fall back to the bootstrap (conservative)
             var = float(np.var(_u_pairs(D, W) - 2 * np.einsum("bi,bi->b", W @ E, V) / (n * m), ddof=1))
-        fid_a, fid_b = metrics.fid(a, r), metrics.fid(b, r)
-        ref_stats = _boot_stats(r, V)
-        fid_diff_b = _fid_batch(*_boot_stats(a, W), *ref_stats) - _fid_batch(*_boot_stats(b, W), *ref_stats)
+        fid_a = fid_b = fid_diff_se = float("nan")
+        if self.with_fid:
+            fid_a, fid_b = metrics.fid(a, r), metrics.fid(b, r)
+            ref_stats = _boot_stats(r, V)
+            fid_diff_se = float(np.std(_fid_batch(*_boot_stats(a, W), *ref_stats)
+                                       - _fid_batch(*_boot_stats(b, W), *ref_stats), ddof=1))
         out = {"kid_a": kid_b_val + kid_diff, "kid_b": kid_b_val, "kid_diff": kid_diff,
                "kid_diff_se": float(np.sqrt(var)), "fid_a": float(fid_a), "fid_b": float(fid_b),
-               "fid_diff": float(fid_a - fid_b), "fid_diff_se": float(fid_diff_b.std(ddof=1)), "n": int(n), "m": int(m)}
+               "fid_diff": float(fid_a - fid_b), "fid_diff_se": fid_diff_se, "n": int(n), "m": int(m)}
         out["verdict"] = verdict(out["kid_diff"], out["kid_diff_se"])
         return out
 
@@ -318,6 +326,37 @@ def verdict(diff: float, se: float, *, z: float = VERDICT_Z) -> str:
     if diff > z * se:
         return "worse"
     return "tied"
+
+
+def cached_samples(tag: str, config: dict, draw) -> np.ndarray:
+    """Samples computed once per ``config`` and kept in the cache (``paths.cache_dir()``): ``draw()``
+    runs only when no valid entry exists (:func:`ddss_lite.metrics.cached_arrays`, atomic, checked
+    against its config). For expensive draws shared by chapters, e.g. 1000-step DDPM samples; the
+    config must name everything they depend on (model, sampler, grid, key, number)."""
+    from ddss_lite import paths
+
+    return metrics.cached_arrays(dict(config, tag=tag), lambda: {"x": np.asarray(draw())},
+                                 cache_dir=paths.cache_dir(), name=f"samples-{tag}")["x"]
+
+
+def noise_key(seed: int = 0):
+    """The key of the evaluation noise every table of the book shares: each sampler in every chapter
+    starts row n from the same initial noise, so all comparisons are paired (common random numbers)."""
+    import jax
+
+    return jax.random.fold_in(jax.random.PRNGKey(seed), 3)
+
+
+def many_step_samples(model, profile, *, seed: int = 0, sampler: str = "ddpm") -> np.ndarray:
+    """``profile.n_eval`` samples of ``model`` with ``sampler`` on the ``profile.ref_steps``-step grid,
+    from :func:`noise_key` (``seed``): the book's many-step reference row, drawn once and cached."""
+    from ddss_lite import samplers, schedules
+
+    shape = (profile.n_eval, *model.data_shape)
+    config = dict(model=model.config, sampler=sampler, steps=profile.ref_steps, shape=list(shape), seed=seed)
+    draw = lambda: samplers.get_sampler(sampler)(model.denoiser(), noise_key(seed), shape,
+                                                 logsnrs=schedules.grid(profile.ref_steps))
+    return cached_samples(f"{model.name}-{sampler}{profile.ref_steps}", config, draw)
 
 
 def real_floor(x_real, evaluator: Evaluator) -> dict:

@@ -136,6 +136,17 @@ def kid_linear_loss(feats_gen, feats_real):
     return gen_gen - 2.0 * gen_real
 
 
+def linear_kid_real_term(feats_real) -> float:
+    """The real-real term of the linear-kernel KID, ``1/(M(M-1)) sum_{j != j'} r_j . r_j'``, which
+    :func:`kid_linear_loss` drops: ``kid(g, r, kernel="linear") = kid_linear_loss(g, r) + this``.
+    Host float64, from sums (no Gram matrix)."""
+    _check_features(feats_real, name="feats_real")
+    r = np.asarray(feats_real, np.float64)
+    s = r.sum(axis=0)
+    m = r.shape[0]
+    return float((s @ s - np.sum(r * r)) / (m * (m - 1)))
+
+
 def _block_bounds(rows: int, num_blocks: int) -> np.ndarray:
     """Row boundaries of ``num_blocks`` contiguous blocks covering ``rows`` rows in order:
     the first ``num_blocks - rows % num_blocks`` blocks have ``rows // num_blocks`` rows,

@@ -29,7 +29,7 @@ class Profile:
     # Feature classifiers for KID/FID on digits.
     classifier_steps: int
     # Evaluation.
-    n_eval: int                 # samples per KID/FID estimate
+    n_eval: int                 # generated samples per KID/FID estimate (every sampler on the same noise)
     ref_steps: int              # the many-step reference sampler
     ks: tuple                   # K values in the few-step tables
     # Sampler search (DDSS).
@@ -37,6 +37,7 @@ class Profile:
     search_steps: int = 100     # optimisation steps per search
     search_batch: int = 256     # samples per optimisation step
     search_lr: float = 3e-3
+    n_monitor: int = 1000       # samples of the search's held-out monitor (fixed noise)
     # ELBO-optimal schedules (dynamic programming).
     dp_T: int = 1000            # grid points of the cost matrix (T network passes per batch)
     dp_K_max: int = 64          # largest schedule the DP returns
@@ -52,17 +53,17 @@ PROFILES = {
         name="smoke", toy_hidden=64, toy_depth=2, toy_steps=60, toy_batch=128,
         digits_net="mlp", digits_hidden=128, digits_depth=2, digits_steps=60, digits_batch=64,
         classifier_steps=40, n_eval=64, ref_steps=20, ks=(2, 5),
-        search_ks=(2,), search_steps=4, search_batch=16, dp_T=40, dp_K_max=8,
+        search_ks=(2,), search_steps=4, search_batch=16, dp_T=40, dp_K_max=8, n_monitor=64,
     ),
     "cpu": Profile(
         name="cpu", toy_hidden=256, toy_depth=3, toy_steps=8000, toy_batch=512,
         digits_net="mlp", digits_hidden=512, digits_depth=3, digits_steps=8000, digits_batch=128,
-        classifier_steps=1500, n_eval=1000, ref_steps=1000, ks=(5, 10, 20, 50),
+        classifier_steps=1500, n_eval=5000, ref_steps=1000, ks=(5, 10, 20, 50),
     ),
     "accelerator": Profile(
         name="accelerator", toy_hidden=512, toy_depth=4, toy_steps=30000, toy_batch=2048,
         digits_net="unet", digits_hidden=64, digits_depth=0, digits_steps=40000, digits_batch=256,
-        classifier_steps=4000, n_eval=2000, ref_steps=1000, ks=(5, 10, 20, 50), learning_rate=3e-4,
+        classifier_steps=4000, n_eval=10000, ref_steps=1000, ks=(5, 10, 20, 50), learning_rate=3e-4,
         search_steps=1000, search_batch=1024, dp_K_max=256,
     ),
 }

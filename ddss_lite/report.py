@@ -4,7 +4,11 @@
   also written as PNG under ``_build/figures/``.
 * :func:`glue` — a number reaches the prose through myst-nb's ``glue`` (so text and result
   never disagree); outside a book build it just displays the value.
+* :func:`table` — a table as the reader sees it: a MyST table with a caption, numbers
+  right-aligned (``nb_render_markdown_format: myst`` in ``_config.yml`` renders it as HTML).
 * :func:`write_results` — a chapter's tables as one JSON file under ``_build/results/``.
+
+The helpers that write files return ``None``, so a cell that ends with one shows no path.
 """
 from __future__ import annotations
 
@@ -28,12 +32,11 @@ def figure(nrows: int = 1, ncols: int = 1, *, width: float = 3.2, height: float 
                         constrained_layout=True, **kw)
 
 
-def save(fig, name: str):
-    """Write ``fig`` to ``_build/figures/{name}.png`` and return the path."""
+def save(fig, name: str) -> None:
+    """Write ``fig`` to ``_build/figures/{name}.png`` (the figure itself is shown by the notebook)."""
     path = paths.build_dir() / "figures" / f"{name}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, bbox_inches="tight")
-    return path
 
 
 def image_grid(ax, images, *, nrow: int | None = None, title: str | None = None):
@@ -64,8 +67,8 @@ def scatter2d(ax, points, *, title: str | None = None, lim: float = 2.5, **kw):
         ax.set_title(title)
 
 
-def glue(name: str, value, *, display: bool = False):
-    """Make ``value`` available to the prose as ``{glue:md}`name``` (myst-nb); returns ``value``.
+def glue(name: str, value, *, display: bool = False) -> None:
+    """Make ``value`` available to the prose as ``{glue:md}`name``` (myst-nb).
 
     The value is glued as Markdown text (``str(value)``; format numbers before gluing), so the
     rendered sentence shows ``0.981`` rather than the repr ``'0.981'``.
@@ -75,22 +78,41 @@ def glue(name: str, value, *, display: bool = False):
         from myst_nb import glue as _glue
     except ImportError:  # e.g. in Colab without the book extras
         print(f"{name} = {value}")
-        return value
+        return
     _glue(name, Markdown(str(value)), display=display)
-    return value
 
 
-def write_results(chapter: str, results: dict):
+def write_results(chapter: str, results: dict) -> None:
     """Write ``results`` (JSON-serialisable) to ``_build/results/{chapter}.json`` atomically."""
-    path = paths.results_dir() / f"{chapter}.json"
-    store.atomic_write_json(path, results)
-    return path
+    store.atomic_write_json(paths.results_dir() / f"{chapter}.json", results)
+
+
+def pm(value: float, se: float, digits: int = 4) -> str:
+    """``"value ± se"`` with ``digits`` decimals (a table cell with its standard error)."""
+    return f"{value:.{digits}f} ± {se:.{digits}f}"
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
 
 
 def markdown_table(rows: list[dict], columns: list[str]) -> str:
-    """A Markdown table of ``rows`` (dicts) with the given column order."""
+    """A Markdown table of ``rows`` (dicts) with the given column order; a column whose cells are
+    numbers (or ``"x ± y"`` strings) is right-aligned."""
     esc = lambda v: str(v).replace("|", "\\|")
     fmt = lambda v: f"{v:.4g}" if isinstance(v, (float, np.floating)) else esc(v)
-    lines = ["| " + " | ".join(map(esc, columns)) + " |", "|" + "---|" * len(columns)]
+    numeric = lambda v: _is_number(v) or (isinstance(v, str) and (v.replace(".", "", 1).lstrip("-+").isdigit()
+                                                                   or " ± " in v))
+    align = ["---:" if rows and all(numeric(r.get(c, "")) or r.get(c, "") in ("", "–") for r in rows)
+             and any(numeric(r.get(c, "")) for r in rows) else "---" for c in columns]
+    lines = ["| " + " | ".join(map(esc, columns)) + " |", "|" + "|".join(align) + "|"]
     lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def table(rows: list[dict], columns: list[str], *, caption: str) -> None:
+    """Display ``rows`` as a captioned MyST table (``{table}`` directive), numbers right-aligned.
+    The caption says what the numbers are and what the ± means."""
+    from IPython.display import Markdown, display
+
+    display(Markdown(f"```{{table}} {caption}\n{markdown_table(rows, columns)}\n```"))

@@ -137,11 +137,15 @@ def fingerprint_optimizer(optimizer, params, *, steps: int = 3) -> str:
     import jax
     import jax.numpy as jnp
 
-    state = optimizer.init(params)
-    outs = []
-    for j in range(steps):
-        g = jax.tree_util.tree_map(lambda p, j=j: jnp.full(jnp.shape(p), (0.1 if j % 2 == 0 else -0.05) * (j + 1),
-                                                            jnp.result_type(p)), params)
-        upd, state = optimizer.update(g, state, params)
-        outs.append(upd)
-    return array_digest(outs)
+    @jax.jit
+    def probe(params):
+        state = optimizer.init(params)
+        outs = []
+        for j in range(steps):
+            g = jax.tree_util.tree_map(lambda p, j=j: jnp.full(jnp.shape(p), (0.1 if j % 2 == 0 else -0.05) * (j + 1),
+                                                                jnp.result_type(p)), params)
+            upd, state = optimizer.update(g, state, params)
+            outs.append(upd)
+        return outs
+
+    return array_digest(probe(params))

@@ -50,10 +50,10 @@ def run_config(loss_fn: Callable, params, *, key, steps: int, optimizer: optax.G
                ema_decay: float, config: dict | None = None) -> dict:
     """Everything that determines the result of :func:`fit`: the caller's ``config``, ``steps``, the
     EMA decay, the key, a digest of the initial ``params``, and probes (:mod:`ddss_lite.store`) of
-    ``loss_fn`` (its value and gradient at ``params`` for a fixed key: the data, the model and the
-    loss) and of ``optimizer`` (its first updates: learning rate, schedule, decay, clipping)."""
+    ``loss_fn`` (its value at ``params`` for a fixed key: the data, the model and the loss) and of
+    ``optimizer`` (its first updates: learning rate, schedule, decay, clipping)."""
     probe_key = jax.random.PRNGKey(11235)
-    probe = jax.value_and_grad(loss_fn)      # eager: no compile of its own
+    probe = jax.jit(loss_fn)        # forward only: a fraction of the training step's compile
     return dict(config or {}, steps=int(steps), ema_decay=float(ema_decay),
                 key=np.asarray(jax.random.key_data(key)).tolist(),
                 init_sha256=store.array_digest(params),

@@ -1,7 +1,15 @@
-"""Every chapter listed in _toc.yml executes in the smoke profile with papermill, without a cell error."""
+"""Every chapter listed in _toc.yml executes in the smoke profile with papermill, without a cell error.
+
+``make test`` builds the smoke book first (``book/execute.py --profile smoke``) and points
+``DDSS_SMOKE_BUILD`` at it, so the chapters are executed once and checked here; without it (a
+plain ``pytest``) each chapter is executed by its test.
+"""
 import importlib.util
 import json
+import os
 import pathlib
+import subprocess
+import sys
 
 import pytest
 
@@ -11,6 +19,7 @@ book_execute = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(book_execute)
 
 CHAPTERS = book_execute.chapters()
+SMOKE_BUILD = os.environ.get("DDSS_SMOKE_BUILD")
 
 
 def test_toc_lists_chapters_and_every_notebook_is_listed():
@@ -25,17 +34,30 @@ def test_committed_notebook_is_clean_and_parameterised(nb):
     assert all(not c.get("outputs") and not c.get("execution_count") for c in cells if c["cell_type"] == "code")
     params = [c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])]
     assert len(params) == 1 and 'profile = "cpu"' in "".join(params[0]["source"])
+    long = [line for c in cells if c["cell_type"] == "code" for line in "".join(c["source"]).splitlines()
+            if len(line) > 100]
+    assert not long, f"code lines wider than the book's code cells (100 characters): {long[:3]}"
 
 
 @pytest.mark.notebook
 @pytest.mark.parametrize("nb", CHAPTERS)
 def test_chapter_runs_in_smoke_profile(nb, build_dir):
-    out = build_dir / "executed" / nb
-    book_execute.execute(nb, out, profile="smoke", build_dir=build_dir)
+    if SMOKE_BUILD:
+        build = pathlib.Path(SMOKE_BUILD)
+        out = build / "src" / nb
+        assert out.is_file(), f"{out} was not executed by the smoke build"
+    else:
+        build = build_dir
+        out = build / "executed" / nb
+        book_execute.execute(nb, out, profile="smoke", build_dir=build)
     executed = json.loads(out.read_text())
     errors = [o for c in executed["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors
-    assert (build_dir / "results" / f"{pathlib.Path(nb).stem}.json").is_file(), "chapter wrote no results JSON"
+    assert (build / "results" / f"{pathlib.Path(nb).stem}.json").is_file(), "chapter wrote no results JSON"
+    tags = [c.get("metadata", {}).get("tags", []) for c in executed["cells"]]
+    assert sum("parameters" in t for t in tags) == 1 and not any("injected-parameters" in t for t in tags)
+    params = next(c for c, t in zip(executed["cells"], tags) if "parameters" in t)
+    assert 'profile = "smoke"' in "".join(params["source"]), "the parameters cell shows the values used"
 
 
 def test_unknown_profile_fails_the_chapter(build_dir):
@@ -43,3 +65,16 @@ def test_unknown_profile_fails_the_chapter(build_dir):
 
     with pytest.raises(papermill.PapermillExecutionError, match="profile must be one of"):
         book_execute.execute(CHAPTERS[0], build_dir / "bad.ipynb", profile="gpu", build_dir=build_dir)
+
+
+def test_execute_script_rejects_bad_arguments_before_doing_anything(tmp_path):
+    run = lambda *a, env=None: subprocess.run([sys.executable, str(ROOT / "book" / "execute.py"), *a],
+                                              capture_output=True, text=True, timeout=120, env=env)
+    bad = run("--profile", "gpu", "--build-dir", str(tmp_path / "b1"))
+    assert bad.returncode == 2 and "--profile must be one of" in bad.stderr and not (tmp_path / "b1").exists()
+    bad = run("--profile", "smoke", "--only", "01_setupp", "--build-dir", str(tmp_path / "b2"))
+    assert bad.returncode == 2 and "01_setupp" in bad.stderr and not (tmp_path / "b2").exists()
+    # DDSS_BUILD_DIR is honoured when --build-dir is not given (nothing to run: --only with no names)
+    env = dict(os.environ, DDSS_BUILD_DIR=str(tmp_path / "b3"))
+    ok = run("--profile", "smoke", "--only", env=env)
+    assert ok.returncode == 0 and (tmp_path / "b3" / "src" / "_toc.yml").is_file(), ok.stderr
