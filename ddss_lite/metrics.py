@@ -232,6 +232,15 @@ def _check_stats(mu, cov, *, name: str):
         raise ValueError(f"cov{name} must have shape {(mu.shape[0], mu.shape[0])} to match mu{name}, got {cov.shape}")
     check_finite(mu, name=f"mu{name}")
     check_finite(cov, name=f"cov{name}")
+    scale = max(float(np.max(np.abs(cov), initial=0.0)), np.finfo(np.float64).tiny)
+    tol = 1e-8 * scale
+    if np.max(np.abs(cov - cov.T), initial=0.0) > tol:
+        raise ValueError(f"cov{name} must be symmetric (a covariance matrix), but |cov - cov^T| reaches "
+                         f"{np.max(np.abs(cov - cov.T)):.3g}")
+    w_min = float(np.linalg.eigvalsh(0.5 * (cov + cov.T)).min(initial=0.0))
+    if w_min < -cov.shape[0] * 1e-10 * scale:
+        raise ValueError(f"cov{name} must be positive semi-definite (a covariance matrix), "
+                         f"but its smallest eigenvalue is {w_min:.3g}")
     return mu, cov
 
 

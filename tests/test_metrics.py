@@ -337,3 +337,16 @@ def test_kid_parity_tolerance_is_not_vacuous():
     larger_first = np.mean([metrics.kid_blocks(a, b, num_blocks=1)[0]
                             for a, b in zip(np.array_split(g, 3), np.array_split(r, 3))])
     assert abs(v_stat - m3) > 100 * tol and abs(larger_first - m3) > 3 * tol, (m3, v_stat, larger_first, tol)
+
+
+def test_fid_from_stats_rejects_matrices_that_are_not_covariances():
+    rng = np.random.default_rng(11)
+    a = rng.standard_normal((50, 4))
+    mu, cov = metrics.gaussian_stats(a)
+    with pytest.raises(ValueError, match="cov1 must be symmetric"):
+        metrics.fid_from_stats(mu, cov + np.triu(np.ones((4, 4)), 1), mu, cov)
+    with pytest.raises(ValueError, match="cov2 must be positive semi-definite"):
+        metrics.fid_from_stats(mu, cov, mu, cov - 2 * np.eye(4) * np.linalg.eigvalsh(cov).max())
+    # a singular covariance (fewer rows than features) is a covariance: accepted
+    mu3, cov3 = metrics.gaussian_stats(a[:3])
+    assert np.isfinite(metrics.fid_from_stats(mu3, cov3, mu, cov))

@@ -35,7 +35,9 @@ def test_resume_after_interruption_equals_uninterrupted(tmp_path):
     path = tmp_path / "run.ckpt"
     partial = train.fit(loss_fn, init(), ckpt_path=path, stop_after=33, **kw)   # "killed" after step 33
     assert int(partial.step) == 33
-    saved = store.load_state(path, train.init_state(init(), kw["optimizer"], 60), config={"c": 1})
+    full_cfg = train.run_config(loss_fn, init(), key=kw["key"], steps=60, optimizer=kw["optimizer"], ema_decay=0.999,
+                                config={"c": 1})
+    saved = store.load_state(path, train.init_state(init(), kw["optimizer"], 60), config=full_cfg)
     assert int(saved.step) == 33                                               # last write at the stop
     resumed = train.fit(loss_fn, init(), ckpt_path=path, **kw)
     assert int(resumed.step) == 60
@@ -81,6 +83,8 @@ def test_corrupt_or_stale_cache_entry_is_retrained_not_loaded(tmp_path, caplog):
     kw = dict(cache_dir=tmp_path, optimizer=optax.adam(1e-2), key=jax.random.PRNGKey(3), ckpt_every=10)
     good = train.load_or_train("m", cfg, init, loss_fn, **kw)
     (path,) = tmp_path.glob("m-*.ckpt")
+    cfg = train.run_config(loss_fn, init(), key=kw["key"], steps=20, optimizer=kw["optimizer"], ema_decay=0.999,
+                           config=cfg)
     # 1. flip bytes in the middle of the payload: the checksum catches it
     raw = bytearray(path.read_bytes())
     raw[len(raw) // 2] ^= 0xFF
@@ -96,7 +100,7 @@ def test_corrupt_or_stale_cache_entry_is_retrained_not_loaded(tmp_path, caplog):
     with pytest.raises(store.CorruptFile):
         store.load_state(path, train.init_state(init(), kw["optimizer"], 20), config=cfg)
     # 3. a stale entry: written for another config under this name
-    store.save_state(path, good, config={"steps": 20, "other": True})
+    store.save_state(path, good, config=dict(cfg, other=True))
     with pytest.raises(store.CorruptFile, match="stale"):
         store.load_state(path, train.init_state(init(), kw["optimizer"], 20), config=cfg)
     _same(train.load_or_train("m", cfg, init, loss_fn, **kw).params, good.params)
@@ -112,3 +116,29 @@ def test_nonfinite_loss_stops_with_clear_error():
     with pytest.raises(FloatingPointError, match="not finite at step"):
         train.fit(lambda p, k: jnp.nan * jnp.sum(p["Dense_0"]["kernel"]), init(), key=jax.random.PRNGKey(0),
                   steps=100, optimizer=optax.sgd(0.1))
+
+
+def test_fit_does_not_resume_a_checkpoint_of_another_run(tmp_path, caplog):
+    """The checkpoint's key covers the loss (probed), the optimiser (probed), the steps and the key: a
+    finished run's file is not returned for another learning rate or loss; resuming is announced."""
+    loss_fn, init = _problem()
+    path = tmp_path / "run.ckpt"
+    kw = dict(key=jax.random.PRNGKey(1), steps=30, ckpt_every=10)
+    first = train.fit(loss_fn, init(), optimizer=optax.adam(1e-2), ckpt_path=path, **kw)
+    with caplog.at_level(logging.WARNING):
+        other_lr = train.fit(loss_fn, init(), optimizer=optax.adam(3e-2), ckpt_path=path, **kw)
+        other_loss = train.fit(lambda p, k: 2.0 * loss_fn(p, k), init(), optimizer=optax.adam(1e-2),
+                               ckpt_path=path, **kw)
+    assert caplog.text.count("ignoring checkpoint") == 2
+    fresh = train.fit(loss_fn, init(), optimizer=optax.adam(3e-2), **kw)
+    _same(other_lr.params, fresh.params)
+    assert float(jnp.abs(other_lr.losses - first.losses).max()) > 0
+    assert int(other_loss.step) == 30
+    # an interrupted run of the same configuration is resumed, with a warning that says so
+    path2 = tmp_path / "again.ckpt"
+    train.fit(loss_fn, init(), optimizer=optax.adam(1e-2), ckpt_path=path2, stop_after=12, **kw)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        resumed = train.fit(loss_fn, init(), optimizer=optax.adam(1e-2), ckpt_path=path2, **kw)
+    assert "resumed from checkpoint" in caplog.text and "at step 12 of 30" in caplog.text
+    _same(resumed.params, first.params)
