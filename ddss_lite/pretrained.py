@@ -140,3 +140,22 @@ def digit_classifiers(profile: Profile) -> dict[str, FeatureMap]:
         out[role] = classifier_features(module, state.params, input_shape=tuple(x.shape[1:]), scale=scale,
                                         name=f"{role}-{type(module).__name__}", test_accuracy=acc)
     return out
+
+
+def distilled_students(profile: Profile, *, kind: str = "digits", seed: int = 0):
+    """Progressive distillation (:func:`ddss_lite.distill.progressive_distillation`) of the ``kind``
+    teacher (``"digits"`` or a toy dataset name such as ``"checkerboard"``) from
+    ``profile.distill_N_start`` steps down to 1, with the profile's steps per round, batch and
+    learning rate; every round is cached (a second call loads them). Returns the ``Distillation``
+    (teacher, students by N, per-round costs)."""
+    from ddss_lite import distill
+
+    if kind == "digits":
+        teacher, x, batch = digits_model(profile, seed=seed), data.load_digits_split().x_train, profile.distill_batch
+    else:
+        teacher = toy_model(profile, dataset=kind, seed=seed)
+        x, batch = (lambda k, n: data.toy2d(kind, k, n)), profile.distill_toy_batch
+    return distill.progressive_distillation(teacher, profile.distill_N_start, 1, data=x,
+                                            steps_per_round=profile.distill_steps_per_round, batch=batch,
+                                            lr=profile.distill_lr, key=jax.random.PRNGKey(seed),
+                                            cache_dir=paths.cache_dir())

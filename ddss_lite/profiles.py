@@ -42,6 +42,12 @@ class Profile:
     dp_T: int = 1000            # grid points of the cost matrix (T network passes per batch)
     dp_K_max: int = 64          # largest schedule the DP returns
     learning_rate: float = 1e-3
+    # Progressive distillation: N_start halved to 1, steps per round, batch and learning rate.
+    distill_N_start: int = 256
+    distill_steps_per_round: int = 500
+    distill_batch: int = 128
+    distill_toy_batch: int = 256
+    distill_lr: float = 2e-4
 
     @property
     def n_devices(self) -> int:
@@ -54,6 +60,7 @@ PROFILES = {
         digits_net="mlp", digits_hidden=128, digits_depth=2, digits_steps=60, digits_batch=64,
         classifier_steps=40, n_eval=64, ref_steps=20, ks=(2, 5),
         search_ks=(2,), search_steps=4, search_batch=16, dp_T=40, dp_K_max=8, n_monitor=64,
+        distill_N_start=4, distill_steps_per_round=4, distill_batch=16, distill_toy_batch=16, distill_lr=1e-3,
     ),
     "cpu": Profile(
         name="cpu", toy_hidden=256, toy_depth=3, toy_steps=8000, toy_batch=512,
@@ -65,6 +72,7 @@ PROFILES = {
         digits_net="unet", digits_hidden=64, digits_depth=0, digits_steps=40000, digits_batch=256,
         classifier_steps=4000, n_eval=10000, ref_steps=1000, ks=(5, 10, 20, 50), learning_rate=3e-4,
         search_steps=1000, search_batch=1024, dp_K_max=256,
+        distill_N_start=1024, distill_steps_per_round=4000, distill_batch=256, distill_toy_batch=1024, distill_lr=1e-4,
     ),
 }
 
