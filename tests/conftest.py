@@ -102,3 +102,15 @@ def cubic_mmd2_gaussians(mu_a, cov_a, mu_b, cov_b):
     """Population MMD^2 of N(mu_a, cov_a) and N(mu_b, cov_b) under the cubic kernel (closed form)."""
     return (poly3_cross(mu_a, cov_a, mu_a, cov_a) + poly3_cross(mu_b, cov_b, mu_b, cov_b)
             - 2 * poly3_cross(mu_a, cov_a, mu_b, cov_b))
+
+
+def counting_denoiser(calls: dict, name: str, denoise):
+    """``denoise`` that adds 1 to ``calls[name]`` each time it is *executed* (also under ``jit``, through
+    ``jax.debug.callback``): the ground truth a sampler's NFE count is checked against."""
+    import jax
+
+    def counted(z, logsnr):
+        jax.debug.callback(lambda: calls.__setitem__(name, calls.get(name, 0) + 1))
+        return denoise(z, logsnr)
+
+    return counted

@@ -26,7 +26,7 @@ from scipy import integrate
 from ddss_lite import integrators, samplers, schedules
 from ddss_lite.schedules import alpha_sigma
 
-from conftest import GaussianData
+from conftest import GaussianData, counting_denoiser
 
 G = GaussianData()
 KEY = jax.random.PRNGKey(0)
@@ -323,10 +323,7 @@ def test_nfe_counts_actual_network_calls(K):
     calls = {}
 
     def counting(name):
-        def denoise(z, logsnr):
-            jax.debug.callback(lambda: calls.__setitem__(name, calls.get(name, 0) + 1))
-            return nonlinear_denoiser(z, logsnr)
-        return denoise
+        return counting_denoiser(calls, name, nonlinear_denoiser)
 
     @jax.jit
     def both(logsnrs):

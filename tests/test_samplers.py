@@ -15,7 +15,7 @@ import pytest
 from ddss_lite import chain, samplers, schedules
 from ddss_lite.schedules import alpha_sigma
 
-from conftest import GaussianData
+from conftest import GaussianData, counting_denoiser
 
 G = GaussianData()       # data N(0.3, 0.5^2) per dimension: closed-form denoiser and flow map
 M, S = G.m, G.s
@@ -366,10 +366,7 @@ def test_nfe_counts_actual_network_calls(K):
     calls = {}
 
     def counting(name):
-        def denoise(z, logsnr):
-            jax.debug.callback(lambda: calls.__setitem__(name, calls.get(name, 0) + 1))
-            return nonlinear_denoiser(z, logsnr)
-        return denoise
+        return counting_denoiser(calls, name, nonlinear_denoiser)
 
     @jax.jit
     def all_samplers(logsnrs, fam_params):
