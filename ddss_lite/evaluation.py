@@ -177,10 +177,12 @@ def _sqrt_psd_batch(c):
     return (v * np.sqrt(w)[..., None, :]) @ np.swapaxes(v, -1, -2)
 
 
-def _fid_batch(mu1, cov1, mu2, cov2):
+def _fid_batch(mu1, cov1, mu2, cov2, *, s1=None):
     """:func:`ddss_lite.metrics.fid_from_stats` for stacks of Gaussians (B, d) / (B, d, d), the same
-    formula: ``||mu1 - mu2||^2 + tr cov1 + tr cov2 - 2 tr (S cov2 S)^{1/2}``, ``S = cov1^{1/2}``."""
-    s1 = _sqrt_psd_batch(cov1)
+    formula: ``||mu1 - mu2||^2 + tr cov1 + tr cov2 - 2 tr (S cov2 S)^{1/2}``, ``S = cov1^{1/2}``
+    (pass ``s1`` when it is known: FID is symmetric, so the reference goes first and its square
+    roots are computed once)."""
+    s1 = _sqrt_psd_batch(cov1) if s1 is None else s1
     m = s1 @ cov2 @ s1
     e = np.linalg.eigvalsh(0.5 * (m + np.swapaxes(m, -1, -2)))
     e = np.where(e > m.shape[-1] * np.finfo(e.dtype).eps * np.abs(e).max(axis=-1, keepdims=True), e, 0.0)
@@ -214,6 +216,21 @@ class Evaluator:
         check_K(self.n_boot, name="n_boot", low=2)
         object.__setattr__(self, "ref_feats", r)
         object.__setattr__(self, "_K_rr", _gram(r, r))
+        # The reference's bootstrap draws are the same for every call (own random stream): their
+        # multiplicities, fitted Gaussians and covariance square roots are computed once.
+        V = _multiplicities(np.random.default_rng([self.seed, 1]), r.shape[0], self.n_boot)
+        object.__setattr__(self, "_V", V)
+        if self.with_fid:
+            mu_b, cov_b = _boot_stats(r, V)
+            object.__setattr__(self, "_ref_boot", (mu_b, cov_b, _sqrt_psd_batch(cov_b)))
+
+    def _W(self, n):
+        """The generated rows' bootstrap multiplicities (shared by the two sets of a comparison)."""
+        return _multiplicities(np.random.default_rng([self.seed, 0]), n, self.n_boot)
+
+    def _fid_boot(self, f, W):
+        mu_r, cov_r, s_r = self._ref_boot
+        return _fid_batch(mu_r, cov_r, *_boot_stats(f, W), s1=s_r)
 
     # ------------------------------------------------------------------ features
     def features(self, x) -> np.ndarray:
@@ -231,10 +248,6 @@ class Evaluator:
             raise ValueError(f"{name} must have the reference's feature width {self.ref_feats.shape[1]}, got {f.shape[1]}")
         return f
 
-    def _boot_ref(self, rng):
-        m = self.ref_feats.shape[0]
-        return _multiplicities(rng, m, self.n_boot)
-
     # ------------------------------------------------------------------ one sampler
     def quality_feats(self, f) -> dict:
         """``{"kid", "kid_se", "fid", "fid_se", "n", "m"}`` of generated features ``f`` (module docstring)."""
@@ -244,8 +257,7 @@ class Evaluator:
         K_gg, K_gr = _gram(g, g), _gram(g, r)
         ones_n, ones_m = np.ones((1, n)), np.ones((1, m))
         kid = float(_u_pairs(K_gg, ones_n)[0] + _u_pairs(K_rr, ones_m)[0] - 2 * K_gr.mean())
-        rng = np.random.default_rng(self.seed)
-        W, V = _multiplicities(rng, n, self.n_boot), self._boot_ref(rng)
+        W, V = self._W(n), self._V
         var = kid_variance(K_gg, K_gr, K_rr)
         if var <= 0:   # rare: fall back to the bootstrap (conservative)
             var = float(np.var(_u_pairs(K_gg, W) + _u_pairs(K_rr, V)
@@ -253,7 +265,7 @@ class Evaluator:
         fid, fid_se = float("nan"), float("nan")
         if self.with_fid:
             fid = metrics.fid(g, r)
-            fid_se = float(_fid_batch(*_boot_stats(g, W), *_boot_stats(r, V)).std(ddof=1))
+            fid_se = float(self._fid_boot(g, W).std(ddof=1))
         return {"kid": kid, "kid_se": float(np.sqrt(var)), "fid": float(fid), "fid_se": fid_se,
                 "n": int(n), "m": int(m)}
 
@@ -278,17 +290,14 @@ class Evaluator:
         kid_diff = float(_u_pairs(D, ones_n)[0] - 2 * E.mean())
         kid_ref = float(_u_pairs(K_rr, np.ones((1, m)))[0])
         kid_b_val = float(_u_pairs(_gram(b, b), ones_n)[0] - 2 * _gram(b, r).mean() + kid_ref)
-        rng = np.random.default_rng(self.seed)
-        W, V = _multiplicities(rng, n, self.n_boot), self._boot_ref(rng)
+        W, V = self._W(n), self._V
         var = kid_variance(D, E)
         if var <= 0:   # rare: fall back to the bootstrap (conservative)
             var = float(np.var(_u_pairs(D, W) - 2 * np.einsum("bi,bi->b", W @ E, V) / (n * m), ddof=1))
         fid_a = fid_b = fid_diff_se = float("nan")
         if self.with_fid:
             fid_a, fid_b = metrics.fid(a, r), metrics.fid(b, r)
-            ref_stats = _boot_stats(r, V)
-            fid_diff_se = float(np.std(_fid_batch(*_boot_stats(a, W), *ref_stats)
-                                       - _fid_batch(*_boot_stats(b, W), *ref_stats), ddof=1))
+            fid_diff_se = float(np.std(self._fid_boot(a, W) - self._fid_boot(b, W), ddof=1))
         out = {"kid_a": kid_b_val + kid_diff, "kid_b": kid_b_val, "kid_diff": kid_diff,
                "kid_diff_se": float(np.sqrt(var)), "fid_a": float(fid_a), "fid_b": float(fid_b),
                "fid_diff": float(fid_a - fid_b), "fid_diff_se": fid_diff_se, "n": int(n), "m": int(m)}
@@ -347,16 +356,35 @@ def noise_key(seed: int = 0):
     return jax.random.fold_in(jax.random.PRNGKey(seed), 3)
 
 
+def samples(model, label: str, draw, *, profile, seed: int = 0, **config) -> np.ndarray:
+    """``profile.n_eval`` samples of the pre-trained ``model``, ``draw(denoise, key, shape)``, from the
+    book's evaluation noise (:func:`noise_key`), cached: a chapter that draws the same ``label`` and
+    ``config`` (everything the draw depends on besides the model: sampler, options, grid, searched
+    parameters) loads them instead of sampling again, so the head-to-head chapter re-runs nothing.
+    The cache key holds the model's config and a digest of its parameters."""
+    from ddss_lite import store
+
+    shape = (profile.n_eval, *model.data_shape)
+    cfg = dict(config, model=model.config, params=store.array_digest(model.params), shape=list(shape), seed=seed)
+    return cached_samples(label, cfg, lambda: draw(model.denoiser(), noise_key(seed), shape))
+
+
+def sampler_samples(model, name: str, K: int, *, profile, seed: int = 0, logsnrs=None, **options) -> np.ndarray:
+    """:func:`samples` of the registered sampler ``name`` (``samplers.get_sampler``) with K steps on
+    ``logsnrs`` (default ``schedules.grid(K)``) and its ``options``."""
+    from ddss_lite import samplers, schedules
+
+    grid = np.asarray(schedules.grid(K) if logsnrs is None else logsnrs, np.float64)
+    fn = samplers.get_sampler(name)
+    draw = lambda den, key, shape: fn(den, key, shape, logsnrs=grid.astype(np.float32), **options)
+    return samples(model, f"{model.name}-{name}", draw, profile=profile, seed=seed, sampler=name, K=K,
+                   logsnrs=grid.tolist(), options=options)
+
+
 def many_step_samples(model, profile, *, seed: int = 0, sampler: str = "ddpm") -> np.ndarray:
     """``profile.n_eval`` samples of ``model`` with ``sampler`` on the ``profile.ref_steps``-step grid,
     from :func:`noise_key` (``seed``): the book's many-step reference row, drawn once and cached."""
-    from ddss_lite import samplers, schedules
-
-    shape = (profile.n_eval, *model.data_shape)
-    config = dict(model=model.config, sampler=sampler, steps=profile.ref_steps, shape=list(shape), seed=seed)
-    draw = lambda: samplers.get_sampler(sampler)(model.denoiser(), noise_key(seed), shape,
-                                                 logsnrs=schedules.grid(profile.ref_steps))
-    return cached_samples(f"{model.name}-{sampler}{profile.ref_steps}", config, draw)
+    return sampler_samples(model, sampler, profile.ref_steps, profile=profile, seed=seed)
 
 
 def real_floor(x_real, evaluator: Evaluator) -> dict:
