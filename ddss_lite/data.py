@@ -511,7 +511,25 @@ def batches(data, key, batch_size: int) -> Iterator:
 
 # --------------------------------------------------------------------------- dispatch
 
-DATASET_NAMES = (*TOY2D_NAMES, "digits", "cifar10")
+IMAGE_DATASETS = ("digits", "cifar10")
+DATASET_NAMES = (*TOY2D_NAMES, *IMAGE_DATASETS)
+
+
+def image_split(name: str) -> Split:
+    """The image data set ``name`` (one of :data:`IMAGE_DATASETS`) as a :class:`Split`: the digits
+    (offline, bundled), or CIFAR-10 (:func:`load_cifar10` with ``download=True``: fetched once into
+    the cache when it is not on disk)."""
+    check_choice(name, IMAGE_DATASETS, name="dataset")
+    return load_digits_split() if name == "digits" else load_cifar10(download=True)
+
+
+def levels(name: str) -> np.ndarray:
+    """The pixel values an image data set takes, ascending (for the discretised decoder of
+    :mod:`ddss_lite.elbo`): the digits' 17 levels ``v/8 - 1``, CIFAR-10's 256 levels ``u/127.5 - 1``."""
+    check_choice(name, IMAGE_DATASETS, name="dataset")
+    if name == "digits":
+        return np.asarray(from_levels(np.arange(DIGITS_LEVELS)), np.float64)
+    return np.arange(256, dtype=np.float64) / 127.5 - 1.0
 
 
 def get_dataset(name: str, **kwargs):

@@ -82,17 +82,25 @@ def toy_model(profile: Profile, *, dataset: str = "checkerboard", seed: int = 0)
     return _train_denoiser(f"toy-{dataset}", module, config, sample_x, (2,), profile, jax.random.PRNGKey(seed))
 
 
-def digits_model(profile: Profile, *, seed: int = 0) -> Pretrained:
-    """Denoiser for 8x8 digits in [-1, 1], trained on the fixed training split."""
-    split = data.load_digits_split()
+def image_model(profile: Profile, *, seed: int = 0) -> Pretrained:
+    """Denoiser for the profile's image data set (``profile.dataset``: 8x8 digits in the smoke and cpu
+    profiles, CIFAR-10 in the accelerator profile) in [-1, 1], trained on its fixed training split
+    with the profile's ``digits_*`` sizes."""
+    split = data.image_split(profile.dataset)
     x_train = jnp.asarray(split.x_train)
-    config = dict(format=FORMAT, kind="digits", net=profile.digits_net, hidden=profile.digits_hidden,
+    config = dict(format=FORMAT, kind=profile.dataset, net=profile.digits_net, hidden=profile.digits_hidden,
                   depth=profile.digits_depth, steps=profile.digits_steps, batch=profile.digits_batch,
                   lr=profile.learning_rate, seed=seed, n_train=int(x_train.shape[0]))
     module = nets.make_denoiser_net(profile.digits_net, hidden=profile.digits_hidden, depth=profile.digits_depth)
     sample_x = lambda k: x_train[jax.random.randint(k, (profile.digits_batch,), 0, x_train.shape[0])]
-    return _train_denoiser("digits", module, config, sample_x, tuple(x_train.shape[1:]), profile,
+    return _train_denoiser(profile.dataset, module, config, sample_x, tuple(x_train.shape[1:]), profile,
                            jax.random.PRNGKey(seed))
+
+
+def digits_model(profile: Profile, *, seed: int = 0) -> Pretrained:
+    """The digits denoiser with the profile's sizes (:func:`image_model` on the digits, whatever
+    ``profile.dataset`` says)."""
+    return image_model(dataclasses.replace(profile, dataset="digits"), seed=seed)
 
 
 CLASSIFIERS = {
@@ -107,15 +115,17 @@ def accuracy(module, params, x, y) -> float:
     return float(jnp.mean(jnp.argmax(logits, -1) == jnp.asarray(y)))
 
 
-def digit_classifiers(profile: Profile) -> dict[str, FeatureMap]:
+def image_classifiers(profile: Profile) -> dict[str, FeatureMap]:
     """``{"opt": FeatureMap, "eval": FeatureMap}``: penultimate features of two independently
-    trained digit classifiers (an MLP and a CNN, different seeds), with their test accuracies.
+    trained classifiers (an MLP and a CNN, different seeds) of the profile's image data set
+    (``profile.dataset``), with their test accuracies: the book's Inception-free features.
 
     Training adds light Gaussian pixel noise (std 0.1) so features stay meaningful on samples
     that are slightly off the data manifold. Features are divided by their RMS on the training
-    digits (a fixed constant per network).
+    images (a fixed constant per network). The cache key holds a probe of the training loss, so
+    another data set trains other classifiers.
     """
-    split = data.load_digits_split()
+    split = data.image_split(profile.dataset)
     x, y = jnp.asarray(split.x_train), jnp.asarray(split.y_train)
     out = {}
     for role, (make, seed) in CLASSIFIERS.items():
@@ -142,16 +152,23 @@ def digit_classifiers(profile: Profile) -> dict[str, FeatureMap]:
     return out
 
 
+def digit_classifiers(profile: Profile) -> dict[str, FeatureMap]:
+    """:func:`image_classifiers` of the digits, whatever ``profile.dataset`` says."""
+    return image_classifiers(dataclasses.replace(profile, dataset="digits"))
+
+
 def distilled_students(profile: Profile, *, kind: str = "digits", seed: int = 0):
     """Progressive distillation (:func:`ddss_lite.distill.progressive_distillation`) of the ``kind``
-    teacher (``"digits"`` or a toy dataset name such as ``"checkerboard"``) from
+    teacher (an image data set, ``"digits"`` or ``"cifar10"``, or a toy dataset name such as
+    ``"checkerboard"``) from
     ``profile.distill_N_start`` steps down to 1, with the profile's steps per round, batch and
     learning rate; every round is cached (a second call loads them). Returns the ``Distillation``
     (teacher, students by N, per-round costs)."""
     from ddss_lite import distill
 
-    if kind == "digits":
-        teacher, x, batch = digits_model(profile, seed=seed), data.load_digits_split().x_train, profile.distill_batch
+    if kind in data.IMAGE_DATASETS:
+        prof = dataclasses.replace(profile, dataset=kind)
+        teacher, x, batch = image_model(prof, seed=seed), data.image_split(kind).x_train, profile.distill_batch
     else:
         teacher = toy_model(profile, dataset=kind, seed=seed)
         x, batch = (lambda k, n: data.toy2d(kind, k, n)), profile.distill_toy_batch

@@ -20,7 +20,9 @@ class Profile:
     toy_depth: int
     toy_steps: int
     toy_batch: int
-    # Digits denoiser: "mlp" on the flattened 8x8 image or "unet".
+    # The image data set of the profile ("digits": scikit-learn's 8x8 digits; "cifar10") and its
+    # denoiser: "mlp" on the flattened image or "unet" (the digits_* sizes apply to either data set).
+    dataset: str
     digits_net: str
     digits_hidden: int          # MLP width, or the U-Net's base channels
     digits_depth: int           # MLP hidden layers (ignored by the U-Net)
@@ -56,19 +58,19 @@ class Profile:
 
 PROFILES = {
     "smoke": Profile(
-        name="smoke", toy_hidden=64, toy_depth=2, toy_steps=60, toy_batch=128,
+        name="smoke", dataset="digits", toy_hidden=64, toy_depth=2, toy_steps=60, toy_batch=128,
         digits_net="mlp", digits_hidden=128, digits_depth=2, digits_steps=60, digits_batch=64,
         classifier_steps=40, n_eval=64, ref_steps=20, ks=(2, 5),
         search_ks=(2,), search_steps=4, search_batch=16, dp_T=40, dp_K_max=8, n_monitor=64,
         distill_N_start=4, distill_steps_per_round=4, distill_batch=16, distill_toy_batch=16, distill_lr=1e-3,
     ),
     "cpu": Profile(
-        name="cpu", toy_hidden=256, toy_depth=3, toy_steps=8000, toy_batch=512,
+        name="cpu", dataset="digits", toy_hidden=256, toy_depth=3, toy_steps=8000, toy_batch=512,
         digits_net="mlp", digits_hidden=512, digits_depth=3, digits_steps=8000, digits_batch=128,
         classifier_steps=1500, n_eval=5000, ref_steps=1000, ks=(5, 10, 20, 50),
     ),
     "accelerator": Profile(
-        name="accelerator", toy_hidden=512, toy_depth=4, toy_steps=30000, toy_batch=2048,
+        name="accelerator", dataset="cifar10", toy_hidden=512, toy_depth=4, toy_steps=30000, toy_batch=2048,
         digits_net="unet", digits_hidden=64, digits_depth=0, digits_steps=40000, digits_batch=256,
         classifier_steps=4000, n_eval=10000, ref_steps=1000, ks=(5, 10, 20, 50), learning_rate=3e-4,
         search_steps=1000, search_batch=1024, dp_K_max=256,

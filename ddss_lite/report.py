@@ -40,17 +40,22 @@ def save(fig, name: str) -> None:
 
 
 def image_grid(ax, images, *, nrow: int | None = None, title: str | None = None):
-    """Tile ``images`` (N, H, W[, 1]) in [-1, 1] into one panel, black digits on white."""
+    """Tile ``images`` (N, H, W[, 1 or 3]) in [-1, 1] into one panel: grey-scale as black digits on
+    white, colour images (CIFAR-10) in colour on a white background."""
     x = np.asarray(images)
-    x = x[..., 0] if x.ndim == 4 else x
-    n, h, w = x.shape
+    x = x[..., 0] if x.ndim == 4 and x.shape[-1] == 1 else x
+    colour = x.ndim == 4
+    n, h, w = x.shape[:3]
     nrow = nrow or int(np.ceil(np.sqrt(n)))
     ncol = int(np.ceil(n / nrow))
-    canvas = np.full((nrow * (h + 1) + 1, ncol * (w + 1) + 1), -1.0)
+    canvas = np.full((nrow * (h + 1) + 1, ncol * (w + 1) + 1) + x.shape[3:], 1.0 if colour else -1.0)
     for i in range(n):
         r, c = divmod(i, ncol)
         canvas[1 + r * (h + 1):1 + r * (h + 1) + h, 1 + c * (w + 1):1 + c * (w + 1) + w] = x[i]
-    ax.imshow(np.clip(canvas, -1, 1), vmin=-1, vmax=1, cmap="gray_r", interpolation="nearest")
+    if colour:
+        ax.imshow(np.clip((canvas + 1) / 2, 0, 1), interpolation="nearest")
+    else:
+        ax.imshow(np.clip(canvas, -1, 1), vmin=-1, vmax=1, cmap="gray_r", interpolation="nearest")
     ax.set_axis_off()
     if title:
         ax.set_title(title)
