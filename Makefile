@@ -42,7 +42,7 @@ browser:
 
 # Every chapter in the smoke profile, rendered: the tests check the executed notebooks and the pages.
 smoke-book: env
-	$(PY) book/execute.py --profile smoke --build-dir $(SMOKE)
+	$(PY) book/execute.py --profile smoke --build-dir $(SMOKE) --jobs 2
 	$(VENV)/bin/jupyter-book build $(SMOKE)/src --path-output $(SMOKE)/jb -q
 
 test: env tfenv browser smoke-book
@@ -50,7 +50,7 @@ test: env tfenv browser smoke-book
 	DDSS_TF_PYTHON=$(CURDIR)/$(TFENV)/bin/python $(PY) -m pytest -q -ra tests
 
 execute: env
-	$(PY) book/execute.py --profile $(PROFILE)
+	$(PY) book/execute.py --profile $(PROFILE) --jobs 2
 
 html: env
 	$(VENV)/bin/jupyter-book build _build/src --path-output _build/jb

@@ -8,7 +8,8 @@ and the book's other files, so ``jupyter-book build <build dir>/src`` renders th
 re-executing. Models, results and figures go to the build directory: ``--build-dir``, else the
 environment variable ``DDSS_BUILD_DIR``, else ``_build/`` at the repository root.
 
-The kernels run with ``DDSS_PROGRESS=summary`` (one line per long loop instead of a progress bar
+``--jobs N`` runs up to N chapters at once between the first (which trains the models) and the
+last (which reads every other chapter's results). The kernels run with ``DDSS_PROGRESS=summary`` (one line per long loop instead of a progress bar
 in the stored output) and share JAX's persistent compilation cache (``<build dir>/jax_cache``,
 unless ``JAX_COMPILATION_CACHE_DIR`` is set), and papermill's injected parameters are folded into the chapter's own
 parameters cell, so a reader sees the values used once. A failing cell stops the build with
@@ -17,6 +18,7 @@ papermill's error.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import os
 import pathlib
@@ -52,26 +54,36 @@ def fold_parameters(path: pathlib.Path) -> None:
     path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
 
 
-def execute(nb: str, out: pathlib.Path, *, profile: str, build_dir: pathlib.Path, seed: int = 0) -> float:
-    """Run one chapter with papermill; returns its wall time in seconds."""
+ENV_KEYS = ("DDSS_BUILD_DIR", "DDSS_PROGRESS", "JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS")
+
+
+def kernel_env(build_dir: pathlib.Path) -> None:
+    """Set the environment the chapters' kernels inherit: the build directory, one-line progress
+    summaries, and JAX's persistent compilation cache (chapters run in separate kernels that compile
+    the same functions again; the cache is keyed by the program and the JAX version)."""
+    os.environ["DDSS_BUILD_DIR"] = str(build_dir)
+    os.environ.setdefault("DDSS_PROGRESS", "summary")
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(build_dir / "jax_cache"))
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+
+
+def execute(nb: str, out: pathlib.Path, *, profile: str, build_dir: pathlib.Path, seed: int = 0,
+            restore_env: bool = True) -> float:
+    """Run one chapter with papermill; returns its wall time in seconds. The environment of
+    :func:`kernel_env` is set for the kernel and, with ``restore_env``, restored afterwards (``main``
+    sets it once for a whole run instead, so chapters executed at once share it without a race)."""
     import papermill
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    keys = ("DDSS_BUILD_DIR", "DDSS_PROGRESS", "JAX_COMPILATION_CACHE_DIR", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS")
-    saved = {k: os.environ.get(k) for k in keys}
-    os.environ["DDSS_BUILD_DIR"] = str(build_dir)
-    os.environ.setdefault("DDSS_PROGRESS", "summary")
-    # Chapters run in separate kernels that compile the same functions again: share the compiled
-    # programs through JAX's persistent compilation cache (keyed by the program and the JAX version).
-    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(build_dir / "jax_cache"))
-    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+    saved = {k: os.environ.get(k) for k in ENV_KEYS}
+    kernel_env(build_dir)
     t0 = time.perf_counter()
     try:
         papermill.execute_notebook(str(ROOT / nb), str(out), parameters=dict(profile=profile, seed=seed),
                                    cwd=str(out.parent), kernel_name="python3", progress_bar=False,
                                    log_output=False)
     finally:
-        for k, v in saved.items():
+        for k, v in saved.items() if restore_env else ():
             if v is None:
                 os.environ.pop(k, None)
             else:
@@ -91,6 +103,15 @@ def stage(src_dir: pathlib.Path) -> None:
             shutil.copy2(f, src_dir / "book" / f.name)
 
 
+def waves(nbs: list[str]) -> list[list[str]]:
+    """The order of execution: the first chapter alone (it trains the models every later chapter
+    loads), then the chapters in between (independent of each other: each reads only cached models and
+    results of the first), then the last (the head-to-head chapter reads every other chapter's results)."""
+    if len(nbs) <= 2:
+        return [[nb] for nb in nbs]
+    return [nbs[:1], nbs[1:-1], nbs[-1:]]
+
+
 def default_build_dir() -> pathlib.Path:
     env = os.environ.get("DDSS_BUILD_DIR")
     return pathlib.Path(env) if env else ROOT / "_build"
@@ -102,6 +123,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--only", nargs="*", help="chapter names (e.g. 01_setup) to run; default all")
     ap.add_argument("--build-dir", default=None, help="default: $DDSS_BUILD_DIR, else _build/ at the root")
+    ap.add_argument("--jobs", type=int, default=1, help="chapters executed at once within a wave (default 1)")
     args = ap.parse_args(argv)
     sys.path.insert(0, str(ROOT))
     from ddss_lite.profiles import PROFILES
@@ -115,14 +137,25 @@ def main(argv=None) -> int:
     build_dir = (pathlib.Path(args.build_dir) if args.build_dir else default_build_dir()).resolve()
     src_dir = build_dir / "src"
     stage(src_dir)
-    times = {}
-    for nb in chapters():
-        if args.only is not None and pathlib.Path(nb).stem not in args.only:
-            continue
+    if args.jobs < 1:
+        ap.error(f"--jobs must be >= 1, got {args.jobs}")
+    todo = [nb for nb in chapters() if args.only is None or pathlib.Path(nb).stem in args.only]
+    times, t0 = {}, time.perf_counter()
+
+    kernel_env(build_dir)              # once, for every kernel of the run
+
+    def run(nb):
         print(f"executing {nb} (profile {args.profile}) ...", flush=True)
-        times[nb] = execute(nb, src_dir / nb, profile=args.profile, build_dir=build_dir, seed=args.seed)
-        print(f"  done in {times[nb]:.0f} s", flush=True)
-    print(f"executed {len(times)} chapters in {sum(times.values()):.0f} s", flush=True)
+        times[nb] = execute(nb, src_dir / nb, profile=args.profile, build_dir=build_dir, seed=args.seed,
+                            restore_env=False)
+        print(f"  {nb} done in {times[nb]:.0f} s", flush=True)
+
+    for wave in waves(todo):
+        with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            for future in [pool.submit(run, nb) for nb in wave]:
+                future.result()            # re-raises a chapter's failure
+    print(f"executed {len(times)} chapters in {time.perf_counter() - t0:.0f} s "
+          f"(chapter times add up to {sum(times.values()):.0f} s)", flush=True)
     (build_dir / "results").mkdir(parents=True, exist_ok=True)
     (build_dir / "results" / f"chapter_seconds_{args.profile}.json").write_text(
         json.dumps({pathlib.Path(k).stem: round(v, 1) for k, v in times.items()}, indent=1) + "\n")
