@@ -53,7 +53,9 @@ class Pretrained:
         return self._denoisers[clip]
 
 
-def _adam(profile: Profile, steps: int):
+def adam(profile: Profile, steps: int):
+    """The optimiser every denoiser of the book is trained with: Adam with warm-up and cosine decay of
+    ``profile.learning_rate`` over ``steps``, gradients clipped to global norm 1."""
     sched = optax.warmup_cosine_decay_schedule(0.0, profile.learning_rate, min(500, steps // 10 + 1), steps,
                                                end_value=profile.learning_rate * 0.05)
     return optax.chain(optax.clip_by_global_norm(1.0), optax.adam(sched))
@@ -67,7 +69,7 @@ def _train_denoiser(name, module, config, sample_x, x_shape, profile, key):
     init = lambda: module.init(k_init, jnp.zeros((1, *x_shape)), jnp.zeros((1,)))["params"]
     steps = config["steps"]
     state = load_or_train(name, config, init, loss_fn, cache_dir=paths.cache_dir(),
-                          optimizer=_adam(profile, steps), ema_decay=0.999 if steps >= 2000 else 0.9,
+                          optimizer=adam(profile, steps), ema_decay=0.999 if steps >= 2000 else 0.9,
                           ckpt_every=max(100, steps // 10), key=k_train)
     return Pretrained(name, module, state.ema_params, np.asarray(state.losses), config, "v", x_shape)
 
