@@ -45,7 +45,9 @@ standard error into "better", "worse" or "tied" at two standard errors.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
+import hashlib
 
 import numpy as np
 
@@ -56,6 +58,7 @@ from ddss_lite.validate import check_K
 N_BOOT = 200          # bootstrap replicates per FID standard error (relative precision ~ 1/sqrt(2 N_BOOT) = 5 %)
 VERDICT_Z = 2.0       # a difference counts when it exceeds this many standard errors
 _CHUNK = 50           # bootstrap replicates per matrix product (bounds memory)
+_SETS_KEPT = 4        # generated sets whose Gram matrices an Evaluator keeps (5000 rows: 200 MB each)
 
 
 # --------------------------------------------------------------------------- checks and features
@@ -199,6 +202,22 @@ class Evaluator:
             mu_b, cov_b = _boot_stats(r, V)
             object.__setattr__(self, "_ref_boot", (mu_b, cov_b, _sqrt_psd_batch(cov_b)))
 
+    def _per_set(self, f) -> dict:
+        """Gram matrices with itself and with the reference, and the bootstrap fits for FID, of one
+        generated set, kept for the last few sets (a table compares each row with another one, so
+        every set is used several times)."""
+        key = hashlib.sha256(np.ascontiguousarray(f).tobytes()).hexdigest()
+        cache = self.__dict__.setdefault("_sets", collections.OrderedDict())
+        if key not in cache:
+            entry = {"K_gg": _gram(f, f), "K_gr": _gram(f, self.ref_feats)}
+            if self.with_fid:
+                entry["boot"] = self._fid_boot(f, self._W(f.shape[0]))
+            cache[key] = entry
+            while len(cache) > _SETS_KEPT:
+                cache.popitem(last=False)
+        cache.move_to_end(key)
+        return cache[key]
+
     def _W(self, n):
         """The generated rows' bootstrap multiplicities (shared by the two sets of a comparison)."""
         return _multiplicities(np.random.default_rng([self.seed, 0]), n, self.n_boot)
@@ -229,14 +248,15 @@ class Evaluator:
         g = self._check_gen(f, "feats")
         r, K_rr = self.ref_feats, self._K_rr
         n, m = g.shape[0], r.shape[0]
-        K_gg, K_gr = _gram(g, g), _gram(g, r)
+        sets = self._per_set(g)
+        K_gg, K_gr = sets["K_gg"], sets["K_gr"]
         ones_n, ones_m = np.ones((1, n)), np.ones((1, m))
         kid = float(_u_pairs(K_gg, ones_n)[0] + _u_pairs(K_rr, ones_m)[0] - 2 * K_gr.mean())
         var = kid_jackknife_variance(K_gg, K_gr, K_rr)
         fid, fid_se = float("nan"), float("nan")
         if self.with_fid:
             fid = metrics.fid(g, r)
-            fid_se = float(self._fid_boot(g, self._W(n)).std(ddof=1))
+            fid_se = float(sets["boot"].std(ddof=1))
         return {"kid": kid, "kid_se": float(np.sqrt(var)), "fid": float(fid), "fid_se": fid_se,
                 "n": int(n), "m": int(m)}
 
@@ -247,26 +267,27 @@ class Evaluator:
     # ------------------------------------------------------------------ two samplers, paired
     def compare_feats(self, f_a, f_b) -> dict:
         """Paired comparison of generated features ``f_a`` and ``f_b`` whose row n came from the same
-        initial noise: the values of both, the differences ``a - b`` and their bootstrap standard
-        errors (shared noise indices and reference rows resampled jointly), and the verdict on KID."""
+        initial noise: the values of both, the differences ``a - b`` and their standard errors
+        (module docstring: jackknife for KID, bootstrap for FID, over the shared noise indices and the
+        reference rows), and the verdict on KID."""
         a, b = self._check_gen(f_a, "feats_a"), self._check_gen(f_b, "feats_b")
         if a.shape[0] != b.shape[0]:
             raise ValueError(f"a paired comparison needs the same number of rows (one per noise draw), "
                              f"got {a.shape[0]} and {b.shape[0]}")
         r, K_rr = self.ref_feats, self._K_rr
         n, m = a.shape[0], r.shape[0]
-        D = _gram(a, a) - _gram(b, b)                 # only differences enter: the rr term cancels
-        E = _gram(a, r) - _gram(b, r)
+        sa, sb = self._per_set(a), self._per_set(b)
+        D = sa["K_gg"] - sb["K_gg"]                   # only differences enter: the rr term cancels
+        E = sa["K_gr"] - sb["K_gr"]
         ones_n = np.ones((1, n))
         kid_diff = float(_u_pairs(D, ones_n)[0] - 2 * E.mean())
         kid_ref = float(_u_pairs(K_rr, np.ones((1, m)))[0])
-        kid_b_val = float(_u_pairs(_gram(b, b), ones_n)[0] - 2 * _gram(b, r).mean() + kid_ref)
+        kid_b_val = float(_u_pairs(sb["K_gg"], ones_n)[0] - 2 * sb["K_gr"].mean() + kid_ref)
         var = kid_jackknife_variance(D, E)
         fid_a = fid_b = fid_diff_se = float("nan")
         if self.with_fid:
             fid_a, fid_b = metrics.fid(a, r), metrics.fid(b, r)
-            W = self._W(n)
-            fid_diff_se = float(np.std(self._fid_boot(a, W) - self._fid_boot(b, W), ddof=1))
+            fid_diff_se = float(np.std(sa["boot"] - sb["boot"], ddof=1))
         out = {"kid_a": kid_b_val + kid_diff, "kid_b": kid_b_val, "kid_diff": kid_diff,
                "kid_diff_se": float(np.sqrt(var)), "fid_a": float(fid_a), "fid_b": float(fid_b),
                "fid_diff": float(fid_a - fid_b), "fid_diff_se": fid_diff_se, "n": int(n), "m": int(m)}
