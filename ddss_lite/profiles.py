@@ -44,6 +44,8 @@ class Profile:
     dp_T: int = 1000            # grid points of the cost matrix (T network passes per batch)
     dp_K_max: int = 64          # largest schedule the DP returns
     learning_rate: float = 1e-3
+    # The head-to-head chapter: every sampler at these numbers of network evaluations.
+    h2h_nfes: tuple = (1, 2, 4, 5, 8, 10, 20, 50)
     # Progressive distillation: N_start halved to 1, steps per round, batch and learning rate.
     distill_N_start: int = 256
     distill_steps_per_round: int = 500
@@ -63,6 +65,7 @@ PROFILES = {
         classifier_steps=40, n_eval=64, ref_steps=20, ks=(2, 5),
         search_ks=(2,), search_steps=4, search_batch=16, dp_T=40, dp_K_max=8, n_monitor=64,
         distill_N_start=4, distill_steps_per_round=4, distill_batch=16, distill_toy_batch=16, distill_lr=1e-3,
+        h2h_nfes=(1, 2),
     ),
     "cpu": Profile(
         name="cpu", dataset="digits", toy_hidden=256, toy_depth=3, toy_steps=8000, toy_batch=512,
