@@ -26,14 +26,13 @@ should instead checkpoint only the network call and run ``scan_chain`` with
 from __future__ import annotations
 
 import functools
-import math
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from ddss_lite import parallel
 from ddss_lite.validate import check_finite, check_increasing, check_K, check_shape
 
 __all__ = [
@@ -114,7 +113,9 @@ def setup(key, shape, z_init=None, dtype=None):
     """Validate a sampler's ``key``, ``shape``, ``z_init`` and ``dtype``; return ``(z_0, key_steps, dtype)``.
 
     ``z_0`` is ``z_init`` when given (cast to ``dtype`` if given, else kept in its own floating
-    dtype), else ``normal_rows(key_prior, shape)`` (see :func:`split_key`).
+    dtype), else ``normal_rows(key_prior, shape)`` (see :func:`split_key`). Traced under a device
+    mesh (:func:`ddss_lite.parallel.use_mesh`), ``z_0``'s rows are split over the mesh's batch axis
+    (:func:`ddss_lite.parallel.constrain_batch`), from which XLA partitions the whole chain.
     """
     check_key(key)
     shape = check_sample_shape(shape)
@@ -123,16 +124,16 @@ def setup(key, shape, z_init=None, dtype=None):
     key_prior, key_steps = split_key(key)
     if z_init is None:
         dtype = default_dtype() if dtype is None else jnp.dtype(dtype)
-        return normal_rows(key_prior, shape, dtype), key_steps, dtype
+        return parallel.constrain_batch(normal_rows(key_prior, shape, dtype)), key_steps, dtype
     check_shape(z_init, shape, name="z_init")
-    z_dtype = jnp.dtype(getattr(z_init, "dtype", np.asarray(z_init).dtype))
+    z_dtype = jnp.dtype(z_init.dtype if hasattr(z_init, "dtype") else np.asarray(z_init).dtype)
     if dtype is None and not jnp.issubdtype(z_dtype, jnp.floating):
         raise ValueError(f"z_init must hold floating-point values, got dtype {z_dtype.name} "
                          "(cast it, e.g. z_init.astype(jnp.float32), or pass dtype=)")
     z0 = jnp.asarray(z_init, z_dtype if dtype is None else dtype)
     if is_concrete(z0):
         check_finite(z0, name="z_init")
-    return z0, key_steps, z0.dtype
+    return parallel.constrain_batch(z0), key_steps, z0.dtype
 
 
 def call_denoiser(denoise, z, logsnr):
@@ -144,7 +145,12 @@ def call_denoiser(denoise, z, logsnr):
 
 
 def all_finite(x):
-    """A scalar bool: every entry of ``x`` is finite (a step's flag for :func:`raise_if_nonfinite`)."""
+    """A step's flag for :func:`raise_if_nonfinite`: every entry of ``x`` is finite. A scalar bool;
+    traced under a device mesh that splits the batch (:func:`ddss_lite.parallel.use_mesh`), one
+    flag per row (shape ``(B,)``), so that no device waits for the others inside the chain's loop:
+    :func:`raise_if_nonfinite` reduces the rows once, after it."""
+    if jnp.ndim(x) >= 1 and parallel.batch_devices() > 1:
+        return jnp.all(jnp.isfinite(x).reshape(x.shape[0], -1), axis=1)
     return jnp.all(jnp.isfinite(x))
 
 
@@ -158,7 +164,10 @@ def raise_if_nonfinite(ok, *, what: str = "the denoiser's x_hat"):
     """Raise ``ValueError`` naming the first step ``i`` with ``ok[i]`` False (``ok``: (K,) flags).
 
     Concrete flags are checked at once; traced ones (under ``jit``/``grad``) through
-    ``jax.debug.callback``, whose error surfaces from the compiled call with this message."""
+    ``jax.debug.callback``, whose error surfaces from the compiled call with this message. Flags of
+    shape ``(K, B, ...)`` (per row, :func:`all_finite` under a mesh) are first reduced to ``(K,)``."""
+    if jnp.ndim(ok) > 1:
+        ok = jnp.all(jnp.reshape(ok, (jnp.shape(ok)[0], -1)), axis=1)
     if is_concrete(ok):
         _raise_first_bad(ok, what)
     else:
@@ -234,7 +243,8 @@ def scan_chain(step: Callable, carry, per_step, *, key, remat: bool = True, unro
 
 
 def sample_sharded(sample_fn: Callable, key, shape, *, devices=None):
-    """Draw ``sample_fn(key, shape)`` with the batch axis sharded over ``devices`` (default: all).
+    """Draw ``sample_fn(key, shape)`` with the batch axis sharded over ``devices`` (default: every
+    device of every process): :func:`ddss_lite.parallel.sample` on ``parallel.mesh(devices)``.
 
     ``sample_fn(key, shape) -> array of shape (B, ...)`` must treat rows
     independently (true for every sampler here with a per-example denoiser:
@@ -244,22 +254,4 @@ def sample_sharded(sample_fn: Callable, key, shape, *, devices=None):
     jitted with its output laid out by ``NamedSharding(Mesh(devices, ("batch",)),
     PartitionSpec("batch"))`` and XLA partitions the chain along the batch.
     """
-    shape = check_sample_shape(shape)
-    devices = list(jax.devices() if devices is None else devices)
-    if not devices:
-        raise ValueError("devices must be a non-empty sequence of jax devices")
-    n = len(devices)
-    batch = shape[0]
-    padded = int(math.ceil(batch / n)) * n
-    mesh = Mesh(np.asarray(devices), ("batch",))
-    sharding = NamedSharding(mesh, PartitionSpec("batch"))
-
-    def run(key):
-        out = sample_fn(key, (padded,) + shape[1:])
-        if not hasattr(out, "shape") or out.shape[:1] != (padded,):
-            raise ValueError("sample_fn must return one array with the batch axis first, "
-                             f"got {jax.tree_util.tree_map(jnp.shape, out)}")
-        return jax.lax.with_sharding_constraint(out, sharding)
-
-    out = jax.jit(run, out_shardings=sharding)(key)
-    return out if padded == batch else out[:batch]
+    return parallel.sample(sample_fn, key, shape, devices=devices)

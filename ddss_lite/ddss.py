@@ -17,6 +17,13 @@ pre-trained denoiser by gradient descent on sample quality:
 
 Fresh noise is drawn at every optimisation step (``fold_in(key, step)``); the search starts
 from the family's DDIM initialisation, so step 0 *is* DDIM.
+
+Data parallel (``search(..., mesh=parallel.mesh())``, :mod:`ddss_lite.parallel`): the step is
+traced under the mesh, so the samples, their features and the KID sums are split over the
+devices by batch rows, the parameters are replicated, and XLA reduces the gradient. The loss is
+the KID of the *global* batch, not a mean of per-device KIDs (see :func:`make_loss` for how its
+cross terms between devices are formed); a batch that does not divide the device count is
+padded with extra samples that are dropped before the features enter the loss.
 """
 from __future__ import annotations
 
@@ -31,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import serialization
-from ddss_lite import chain, metrics, progress, samplers, store
+from ddss_lite import chain, metrics, parallel, progress, samplers, store
 from ddss_lite.validate import check_choice, check_finite, check_K
 
 log = logging.getLogger(__name__)
@@ -67,15 +74,44 @@ LOSSES = {"linear": metrics.kid_linear_loss, "cubic": lambda f, r: metrics.kid(f
 
 def make_loss(family, denoise: Callable, phi: Callable, real_feats, shape: tuple, *, logsnrs, kernel: str = "linear",
               remat: bool = True) -> Callable:
-    """``loss(params, key) -> scalar``: KID (``kernel``) between ``phi`` of fresh samples and ``real_feats``."""
+    """``loss(params, key, real_feats=real_feats) -> scalar``: KID (``kernel``) between ``phi`` of fresh
+    samples and ``real_feats`` (given here, or as the third argument, e.g. to pass them to a jitted
+    step as an argument rather than a constant: JAX requires that for a global array spread over
+    several processes).
+
+    Traced under a device mesh (:func:`ddss_lite.parallel.use_mesh`; :func:`search` does this with
+    ``mesh=``), the ``B = shape[0]`` samples are split over the devices by rows: the sampler's
+    initial state is laid out row-wise (``chain.setup``) and XLA partitions the chain, the
+    features and the loss from there. The loss is still the KID of the global batch. For the
+    linear kernel, :func:`ddss_lite.metrics.kid_linear_loss` forms it from two sums over the
+    generated rows, ``s = sum_i g_i`` (a ``d``-vector) and ``q = sum_i ||g_i||^2``; each device sums
+    its own rows and XLA all-reduces the partial sums, and then
+
+        L = (||s||^2 - q) / (B (B - 1)) - 2 s . sum_j r_j / (B M)
+
+    so the cross terms ``g_i . g_j`` between rows held by *different* devices are in ``||s||^2``
+    exactly as on one device. (A mean of per-device KIDs would drop those terms and is not what is
+    computed.) ``real_feats`` are replicated, or a global array split over the mesh
+    (:func:`ddss_lite.parallel.global_batch`), whose sum is all-reduced the same way. The cubic
+    kernel's Gram matrices are formed from all-gathered features. When ``B`` does not divide the
+    device count, ``parallel.padded_batch(B)`` samples are drawn (row ``n``'s noise depends only on
+    ``n``, so the first ``B`` are the unpadded batch) and only the first ``B`` feature rows enter the
+    loss: the padding cannot leak into it or its gradient.
+    """
     check_choice(kernel, KERNELS, name="kernel")
     kid_fn = LOSSES[kernel]            # resolved once, here
-    real = jnp.asarray(real_feats)
+    real = real_feats if isinstance(real_feats, jax.Array) else jnp.asarray(real_feats)
     logsnrs = jnp.asarray(logsnrs)
+    batch = shape[0]
 
-    def loss(params, key):
-        x = family.sample(params, denoise, key, shape, logsnrs=logsnrs, remat=remat)
-        return kid_fn(phi(x), real)
+    def loss(params, key, real_feats=real):
+        rows = parallel.padded_batch(batch)     # == batch without a mesh (trace time)
+        x = family.sample(params, denoise, key, (rows, *shape[1:]), logsnrs=logsnrs, remat=remat)
+        feats = phi(x)
+        if rows != batch:
+            feats = feats[:batch]               # drop the padding before the loss
+        # under a mesh the real rows are split too: each device sums its share (no-op without one)
+        return kid_fn(feats, parallel.constrain_batch(real_feats))
 
     return loss
 
@@ -101,14 +137,15 @@ def search(family, denoise: Callable, phi: Callable, real_feats, *, K: int, shap
            optimizer: optax.GradientTransformation, steps: int, logsnrs=None, kernel: str = "linear",
            learn_logsnrs: bool = False, init_params: dict | None = None, remat: bool = True,
            eval_fn: Callable | None = None, eval_every: int = 25, ckpt_path=None, cache_dir=None, ckpt_every: int = 50,
-           config: dict | None = None, desc: str = "ddss", stop_after: int | None = None) -> SearchResult:
+           config: dict | None = None, desc: str = "ddss", stop_after: int | None = None, mesh=None) -> SearchResult:
     """Run DDSS: ``steps`` Adam (or any optax) steps on the KID of ``shape``-sized sample batches.
 
     Args:
       family: :class:`ddss_lite.samplers.GGDM` or :class:`~ddss_lite.samplers.RDDIM` (or a name).
       denoise: the pre-trained ``denoise(z, logsnr) -> x_hat``.
       phi: feature map ``x -> (N, d)`` the loss is computed in (the *optimisation* features).
-      real_feats: ``(M, d)`` features of real data.
+      real_feats: ``(M, d)`` features of real data (with ``mesh``, possibly a global array split over
+        it, from :func:`ddss_lite.parallel.global_batch` of each process's rows).
       K: sampler steps; the search starts from ``family.init_from_ddim(K, logsnrs=logsnrs)`` unless
         ``init_params``.
       logsnrs: the fixed (K+1,) grid (default ``schedules.grid(K)``); with ``learn_logsnrs`` only
@@ -124,6 +161,14 @@ def search(family, denoise: Callable, phi: Callable, real_feats, *, K: int, shap
       cache_dir: instead of ``ckpt_path``, checkpoint under ``cache_dir/ddss-{family}-K{K}-{hash}.ckpt``
         with the hash of the full configuration above (a finished search is then loaded, not rerun).
       stop_after: stop after this many steps in total, as an interruption would (tests).
+      mesh: a ``("batch",)`` device mesh (:func:`ddss_lite.parallel.mesh`, possibly over several
+        processes): each step's samples, features and loss are split over its devices by batch
+        rows (:func:`make_loss`), parameters and optimiser state replicated, the gradient reduced by
+        XLA. The result equals the single-device one to float tolerance, and checkpoints are
+        shared between device counts (the mesh is not part of the configuration). In a
+        multi-process run every process calls ``search`` with the same arguments (checked for
+        ``key``, ``init_params`` and a resumed step); ``ckpt_path`` should then be on a filesystem
+        every process sees (each writes the same file atomically).
 
     Raises ``FloatingPointError`` naming the step if the loss or a gradient is NaN/Inf.
     """
@@ -137,13 +182,17 @@ def search(family, denoise: Callable, phi: Callable, real_feats, *, K: int, shap
     if learn_logsnrs and family is not samplers.GGDM:
         raise ValueError(f"learn_logsnrs=True needs the GGDM family (learned timesteps), got {family.name!r}")
     check_choice(kernel, KERNELS, name="kernel")
-    check_finite(real_feats, name="real_feats")
+    real_host = parallel.to_host(real_feats)    # a global array (parallel.global_batch) gathered, for checks
+    check_finite(real_host, name="real_feats")
     logsnrs = samplers._family_grid(K, logsnrs)
     if init_params is None:
         init_params = family.init_from_ddim(K, logsnrs=logsnrs, **({"learn_logsnrs": True} if learn_logsnrs else {}))
     elif family.num_steps(init_params) != K:
         raise ValueError(f"init_params has {family.num_steps(init_params)} steps, but K = {K}")
     check_finite(init_params, name="init_params")
+    if mesh is not None:
+        parallel.check_mesh(mesh)
+        parallel.check_same_on_all_processes((key, init_params), name="key and init_params")
 
     loss_fn = make_loss(family, denoise, phi, real_feats, shape, logsnrs=logsnrs, kernel=kernel, remat=remat)
     n_evals = steps // eval_every + 2
@@ -154,7 +203,7 @@ def search(family, denoise: Callable, phi: Callable, real_feats, *, K: int, shap
                   shape=list(shape), eval_every=eval_every, format=FORMAT, remat=remat,
                   key=np.asarray(jax.random.key_data(key)).tolist(),
                   logsnrs=np.asarray(logsnrs, np.float64).tolist(),
-                  real_feats_sha256=store.array_digest(np.asarray(real_feats, np.float32)),
+                  real_feats_sha256=store.array_digest(np.asarray(real_host, np.float32)),
                   init_sha256=hashlib.sha256(serialization.to_bytes(init_params)).hexdigest(),
                   probes=probe_fingerprints(denoise, phi, optimizer, init_params, shape=shape, logsnrs=logsnrs))
     if cache_dir is not None:
@@ -170,11 +219,19 @@ def search(family, denoise: Callable, phi: Callable, real_feats, *, K: int, shap
         except store.CorruptFile as e:
             log.warning("%s: ignoring search checkpoint (starting afresh): %s", desc, e)
 
-    @jax.jit
-    def update(params, opt_state, key):
-        loss, grads = jax.value_and_grad(loss_fn)(params, key)
+    real_arg = real_feats if isinstance(real_feats, jax.Array) else jnp.asarray(real_feats)
+
+    def update(params, opt_state, key, real):
+        loss, grads = jax.value_and_grad(loss_fn)(params, key, real)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss, grads
+
+    # With a mesh: everything but the batch replicated, so every process holds the whole result.
+    update = jax.jit(update) if mesh is None else jax.jit(update, out_shardings=parallel.replicated(mesh))
+
+    def local(tree):
+        """Host-local copies of (replicated) global arrays, for eval_fn and the result."""
+        return tree if mesh is None else jax.tree_util.tree_map(jnp.asarray, parallel.to_host(tree))
 
     def record_eval(state, step):
         if eval_fn is None:
@@ -183,17 +240,22 @@ def search(family, denoise: Callable, phi: Callable, real_feats, *, K: int, shap
         if j and int(state["eval_steps"][j - 1]) == step:
             return state
         return dict(state, eval_steps=state["eval_steps"].at[j].set(step),
-                    eval_values=state["eval_values"].at[j].set(float(eval_fn(state["params"]))))
+                    eval_values=state["eval_values"].at[j].set(float(eval_fn(local(state["params"])))))
 
     start = int(state["step"])
+    if mesh is not None:
+        parallel.check_same_on_all_processes(np.int64(start), name="the step resumed from the checkpoint")
+        # laid out as the step returns them, so that the first step's inputs do not cost a second compile
+        state = dict(state, **parallel.replicate({k: state[k] for k in ("params", "opt_state")}, mesh))
     end = steps if stop_after is None else min(steps, stop_after)
     if start == 0:
         state = record_eval(state, 0)
     with progress.bar(total=steps, initial=start, desc=desc) as bar:
         for i in range(start, end):
             try:
-                params, opt_state, loss, grads = update(state["params"], state["opt_state"],
-                                                        jax.random.fold_in(key, i))
+                with parallel.use_mesh(mesh):
+                    params, opt_state, loss, grads = update(state["params"], state["opt_state"],
+                                                            jax.random.fold_in(key, i), real_arg)
                 loss = float(loss)
             except Exception as e:          # the sampler's finiteness check, raised from the compiled step
                 msg = chain.nonfinite_message(e)
@@ -214,5 +276,5 @@ def search(family, denoise: Callable, phi: Callable, real_feats, *, K: int, shap
             if ckpt_path is not None and ((i + 1) % ckpt_every == 0 or i + 1 == end):
                 store.save_state(ckpt_path, state, config=config)
     keep = np.asarray(state["eval_steps"]) >= 0
-    return SearchResult(family.name, state["params"], np.asarray(logsnrs), np.asarray(state["loss"]),
+    return SearchResult(family.name, local(state["params"]), np.asarray(logsnrs), np.asarray(state["loss"]),
                         np.asarray(state["eval_steps"])[keep], np.asarray(state["eval_values"])[keep])

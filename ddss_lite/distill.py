@@ -24,6 +24,10 @@ determines it (the teacher's params digest, N, steps, lr, batch, weighting, data
 :func:`round_config`), so a killed run resumes at the round and step it reached and ends on the
 same weights. The student of the last round becomes the next round's teacher.
 
+Data parallel: ``distill_round(..., mesh=parallel.mesh())`` (and ``progressive_distillation``)
+splits each step's batch over the mesh's devices by rows and computes the loss of the global
+batch; XLA reduces the gradient (:func:`make_distillation_loss`, :mod:`ddss_lite.parallel`).
+
 Result: :class:`~ddss_lite.pretrained.Pretrained` students whose ``denoiser()`` plugs into the
 samplers: sample an N-step student with ``samplers.ddim(student.denoiser(), key, shape,
 logsnrs=schedules.grid(N))`` (NFE = N).
@@ -42,7 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ddss_lite import diffusion, nets, paths, schedules, store, train
+from ddss_lite import diffusion, nets, parallel, paths, schedules, store, train
 from ddss_lite.pretrained import Pretrained
 from ddss_lite.schedules import alpha_sigma
 from ddss_lite.validate import check_choice, check_K
@@ -163,6 +167,14 @@ def make_distillation_loss(teacher, student_apply, *, N: int, data, batch: int, 
     Per example: ``j ~ U{0..N-1}`` (student step), ``x`` from ``data``, ``eps ~ N(0, I)``, ``z_t`` at
     ``grid(N)[j]``, the target of :func:`distillation_target` (``last = j == N - 1``), and
     ``w(lambda_t) mean((x_target - x_hat)^2)`` with ``w = diffusion.weight_fn(weighting)``.
+
+    Traced under a device mesh (:func:`ddss_lite.parallel.use_mesh`; ``distill_round(mesh=)`` does
+    this), the examples are split over the devices by rows after the randomness is drawn at the
+    global batch's shape (``x``, ``j`` and ``eps`` do not depend on the device count); the teacher's
+    two steps, the student and the per-example losses run on each device's rows, and the mean
+    over the ``batch`` examples is a global reduction. When ``batch`` does not divide the device
+    count the rows are padded (copies of the last example) to ``parallel.padded_batch(batch)``
+    and the padded rows' losses are dropped before the mean, so they cannot leak into it.
     """
     N = check_K(N, name="N")
     batch = check_K(batch, name="batch")
@@ -175,13 +187,21 @@ def make_distillation_loss(teacher, student_apply, *, N: int, data, batch: int, 
         k_x, k_j, k_eps = jax.random.split(key, 3)
         x = sample_x(k_x)
         j = jax.random.randint(k_j, (batch,), 0, N)
+        eps = jax.random.normal(k_eps, x.shape, x.dtype)
+        rows = parallel.padded_batch(batch)          # == batch without a mesh (trace time)
+        if rows != batch:
+            x, j, eps = (parallel.pad_rows(a, rows) for a in (x, j, eps))
+        x, j, eps = parallel.constrain_batch((x, j, eps))
         logsnr_t, logsnr_mid, logsnr_s = grid.logsnr_t[j], grid.logsnr_mid[j], grid.logsnr_s[j]
-        z_t = diffusion.q_sample(x=x, eps=jax.random.normal(k_eps, x.shape, x.dtype), logsnr=logsnr_t)
+        z_t = diffusion.q_sample(x=x, eps=eps, logsnr=logsnr_t)
         x_target, _ = distillation_target(teacher, z_t, logsnr_t=logsnr_t, logsnr_mid=logsnr_mid,
                                           logsnr_s=logsnr_s, last=j == N - 1)
         x_hat = to_x(z_t, student_apply(params, z_t, logsnr_t), logsnr_t)
-        per_ex = jnp.mean(jnp.square(x_target - x_hat).reshape(batch, -1), axis=1)
-        return jnp.mean(weight(logsnr_t) * per_ex)
+        per_ex = jnp.mean(jnp.square(x_target - x_hat).reshape(rows, -1), axis=1)
+        weighted = weight(logsnr_t) * per_ex
+        if rows != batch:
+            weighted = weighted[:batch]              # drop the padding before the mean
+        return jnp.mean(weighted)
 
     return loss
 
@@ -271,7 +291,7 @@ def _cost_path(ckpt: pathlib.Path) -> pathlib.Path:
 def distill_round(teacher: Pretrained, student_init: dict | None, N: int, *, data, steps: int, batch: int,
                   lr: float, key, weighting: str = "snr_trunc", student_prediction: str | None = None,
                   cache_dir=None, checkpoint: bool = True, ckpt_every: int | None = None,
-                  desc: str | None = None) -> Round:
+                  desc: str | None = None, mesh=None) -> Round:
     """Distil ``teacher`` (DDIM on ``grid(2N)``) into an N-step student (DDIM on ``grid(N)``).
 
     ``student_init``: the student's initial params (``None``: the teacher's, as in the paper).
@@ -282,6 +302,8 @@ def distill_round(teacher: Pretrained, student_init: dict | None, N: int, *, dat
     ``ckpt_every`` steps (default ``steps // 10``) to ``cache_dir`` (default ``paths.cache_dir()``) as
     ``distill-{teacher}-N{N}-{hash}.ckpt``; a complete file is loaded without training, a partial one
     resumed. Step ``i`` uses ``fold_in(key, i)``. Returns the student and the round's :class:`RoundCost`.
+    ``mesh``: data parallel over its devices (:func:`ddss_lite.train.fit`); the result equals one
+    device's to float tolerance and the checkpoint's key does not depend on it.
     """
     N = check_K(N, name="N")
     steps = check_K(steps, name="steps")
@@ -296,7 +318,7 @@ def distill_round(teacher: Pretrained, student_init: dict | None, N: int, *, dat
                           prediction=prediction, data=data)
     desc = desc or f"distill {teacher.name} N={N}"
     every = check_K(ckpt_every, name="ckpt_every") if ckpt_every is not None else max(1, steps // 10)
-    kw = dict(key=key, steps=steps, optimizer=optimizer, ema_decay=0.0, ckpt_every=every, desc=desc)
+    kw = dict(key=key, steps=steps, optimizer=optimizer, ema_decay=0.0, ckpt_every=every, desc=desc, mesh=mesh)
     path = None
     if checkpoint:
         full = train.run_config(loss_fn, student_init, key=key, steps=steps, optimizer=optimizer, ema_decay=0.0,
@@ -312,6 +334,8 @@ def distill_round(teacher: Pretrained, student_init: dict | None, N: int, *, dat
         state = train.fit(loss_fn, student_init, **kw)
     jax.block_until_ready(state.params)
     wall, timed = time.perf_counter() - t0, steps - start
+    if mesh is not None:     # replicated global arrays -> host-local copies, usable anywhere
+        state = state._replace(params=jax.tree_util.tree_map(jnp.asarray, parallel.to_host(state.params)))
     if timed:
         record = {"wall_s": wall, "steps_timed": timed, "resumed_at": start}
         if path is not None:
@@ -322,7 +346,7 @@ def distill_round(teacher: Pretrained, student_init: dict | None, N: int, *, dat
     cost = RoundCost(N=N, steps=steps, batch=batch, teacher_evals=2 * steps * batch, student_evals=steps * batch,
                      wall_s=record["wall_s"], steps_timed=int(record["steps_timed"]), from_cache=not timed)
     student = Pretrained(name=f"{_root_name(teacher)}-distilled-{N}", module=teacher.module, params=state.params,
-                         losses=np.asarray(state.losses),
+                         losses=parallel.to_host(state.losses),
                          config=dict(config, key=np.asarray(jax.random.key_data(key)).tolist()), prediction=prediction,
                          data_shape=teacher.data_shape)
     return Round(student, cost)
@@ -369,7 +393,7 @@ def halving_schedule(N_start: int, N_end: int = 1) -> list[int]:
 def progressive_distillation(model: Pretrained, N_start: int, N_end: int = 1, *, data, steps_per_round,
                              batch: int, lr: float, key, weighting: str = "snr_trunc",
                              student_prediction: str | None = None, cache_dir=None, checkpoint: bool = True,
-                             ckpt_every: int | None = None) -> Distillation:
+                             ckpt_every: int | None = None, mesh=None) -> Distillation:
     """Progressive distillation (Salimans & Ho 2022, Algorithm 2): ``model`` with DDIM on ``grid(N_start)``
     is distilled into students of ``N_start/2, ..., N_end`` steps, each round's student initialised from
     (and then replacing) its teacher.
@@ -378,6 +402,7 @@ def progressive_distillation(model: Pretrained, N_start: int, N_end: int = 1, *,
     Round ``N`` uses the key ``fold_in(key, N)``; the rest is :func:`distill_round`. Completed rounds
     are loaded from their checkpoints, so an interrupted run resumes at the round and step it reached
     and ends on the same weights. A non-finite loss raises ``FloatingPointError`` naming the round and step.
+    ``mesh``: every round data parallel over its devices (:func:`distill_round`).
     """
     Ns = halving_schedule(N_start, N_end)
     if isinstance(steps_per_round, (int, np.integer)) and not isinstance(steps_per_round, bool):
@@ -398,7 +423,7 @@ def progressive_distillation(model: Pretrained, N_start: int, N_end: int = 1, *,
         student, cost = distill_round(teacher, None, N, data=data, steps=s, batch=batch, lr=lr,
                                       key=jax.random.fold_in(key, N), weighting=weighting,
                                       student_prediction=prediction, cache_dir=cache_dir, checkpoint=checkpoint,
-                                      ckpt_every=ckpt_every,
+                                      ckpt_every=ckpt_every, mesh=mesh,
                                       desc=f"distill {model.name} N={N} (round {r + 1} of {len(Ns)})")
         students[N], teacher = student, student
         costs.append(cost)
