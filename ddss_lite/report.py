@@ -92,6 +92,18 @@ def write_results(chapter: str, results: dict) -> None:
     store.atomic_write_json(paths.results_dir() / f"{chapter}.json", results)
 
 
+def read_results(chapter: str) -> dict:
+    """The results JSON an executed chapter wrote (:func:`write_results`); a clear error naming the
+    chapter to run first when it is missing."""
+    import json
+
+    path = paths.results_dir() / f"{chapter}.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: execute chapter {chapter} first "
+                                f"(python book/execute.py --only {chapter})")
+    return json.loads(path.read_text())
+
+
 def pm(value: float, se: float, digits: int = 4) -> str:
     """``"value ± se"`` with ``digits`` decimals (a table cell with its standard error)."""
     return f"{value:.{digits}f} ± {se:.{digits}f}"
