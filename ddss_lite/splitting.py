@@ -133,6 +133,7 @@ __all__ = [
     "sample",
     "nfe",
     "steps_for_nfe",
+    "model_samples",
 ]
 
 GRIDS = ("uniform", "quadratic")
@@ -576,3 +577,22 @@ def steps_for_nfe(name: str, budget: int, **options) -> int:
                          f"network evaluations with options {options or '{}'}")
     per = sampler.nfe(2, **options) - smallest
     return 1 + (budget - smallest) // per
+
+
+def model_samples(model, name: str, budget: int, *, n: int, seed: int = 0, grid: str = "quadratic",
+                  **options) -> np.ndarray:
+    """``n`` samples (the x-part) of the trained PSLD ``model`` (:class:`ddss_lite.psld.PSLDModel`) with
+    sampler ``name`` at the most steps within ``budget`` network evaluations (:func:`steps_for_nfe`,
+    the final denoising step included), from the book's evaluation noise
+    (:func:`ddss_lite.evaluation.noise_key`), cached by the model's config and parameters, the
+    sampler, its options, grid, ``n`` and ``seed`` (a later chapter loads them instead of sampling)."""
+    from ddss_lite import evaluation, store
+
+    K = steps_for_nfe(name, budget, **options)
+    n = check_K(n, name="n")
+    shape = (n, *model.data_shape)
+    cfg = dict(model=model.config, params=store.array_digest(model.params), sampler=name, K=K, grid=grid,
+               options=options, shape=list(shape), seed=seed)
+    draw = lambda: np.asarray(sample(name, model.eps_fn(), evaluation.noise_key(seed), shape,
+                                     process=model.process, num_steps=K, grid=grid, **options))
+    return evaluation.cached_samples(f"{model.name}-{name}", cfg, draw)
