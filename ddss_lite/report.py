@@ -87,6 +87,26 @@ def glue(name: str, value, *, display: bool = False) -> None:
     _glue(name, Markdown(str(value)), display=display)
 
 
+def glue_html_table(name: str, rows: list[dict], columns: list[str], *, caption: str) -> None:
+    """Glue ``rows`` as an HTML table under ``name``, for another page of the book to show
+    (``{glue} chapter.ipynb::name`` in a Markdown page: myst-nb pastes HTML across pages, not
+    Markdown). Cells are escaped; the caption says what the numbers are."""
+    import html
+
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(r.get(c, '')))}</td>" for c in columns) + "</tr>"
+                   for r in rows)
+    table_html = (f'<table class="table"><caption>{html.escape(caption)}</caption>'
+                  f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+    try:
+        from IPython.display import HTML
+        from myst_nb import glue as _glue
+    except ImportError:
+        print(f"{name}: {len(rows)} rows")
+        return
+    _glue(name, HTML(table_html), display=False)
+
+
 def write_results(chapter: str, results: dict) -> None:
     """Write ``results`` (JSON-serialisable) to ``_build/results/{chapter}.json`` atomically."""
     store.atomic_write_json(paths.results_dir() / f"{chapter}.json", results)

@@ -176,3 +176,15 @@ def test_sharded_sampling_equals_single_device():
     out = subprocess.run([sys.executable, "-c", SHARDED_SCRIPT], env=env, capture_output=True, text=True,
                          timeout=300)
     assert out.returncode == 0 and "SHARDED-OK" in out.stdout, out.stderr[-3000:]
+
+
+def test_traced_initial_state_samples_like_a_concrete_one():
+    """z_init may be a tracer (e.g. the chain inside jit or grad with respect to its start)."""
+    den = mlp_denoiser(mlp_weights(jax.random.PRNGKey(4)))
+    key, shape, g = jax.random.PRNGKey(5), (6, 3), schedules.grid(4)
+    z0 = jax.random.normal(jax.random.PRNGKey(6), shape)
+    eager = samplers.ddim(den, key, shape, logsnrs=g, z_init=z0)
+    jitted = jax.jit(lambda z: samplers.ddim(den, key, shape, logsnrs=g, z_init=z))(z0)
+    np.testing.assert_allclose(np.asarray(jitted), np.asarray(eager), rtol=1e-5, atol=1e-6)
+    grad = jax.grad(lambda z: jnp.sum(samplers.ddim(den, key, shape, logsnrs=g, z_init=z)))(z0)
+    assert grad.shape == shape and np.all(np.isfinite(np.asarray(grad)))

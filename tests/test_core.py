@@ -158,3 +158,16 @@ def test_denoising_networks_shapes_and_zero_init(kind, hidden):
     np.testing.assert_allclose(den(z, lam), a[:, None, None, None] * z, atol=1e-6)
     with pytest.raises(ValueError, match="net must be one of"):
         nets.make_denoiser_net("transformer", hidden=8)
+
+
+def test_glue_html_table_escapes_cells_and_keeps_the_column_order(monkeypatch):
+    import myst_nb
+
+    from ddss_lite import report
+
+    glued = {}
+    monkeypatch.setattr(myst_nb, "glue", lambda name, value, display=True: glued.update({name: value}))
+    report.glue_html_table("t", [{"b": "<x>", "a": 1.5}], ["a", "b"], caption="a & b")
+    html = glued["t"].data
+    assert html.index("<th>a</th>") < html.index("<th>b</th>")
+    assert "&lt;x&gt;" in html and "<td>1.5</td>" in html and "<caption>a &amp; b</caption>" in html

@@ -401,3 +401,32 @@ def test_bad_input_raises_value_error():
         splitting.steps_for_nfe("euler", 1)
     with pytest.raises(ValueError, match="not finite"):
         splitting.sample("euler", lambda z, t: z * jnp.nan, KEY, (4, 2), **kw)
+
+
+def test_model_samples_are_cached_by_sampler_options_and_parameters(monkeypatch):
+    """A second draw with the same model, sampler, options and budget is loaded, not sampled; a
+    change of an option or of the weights draws again."""
+    from ddss_lite import nets
+    from ddss_lite.profiles import get_profile
+
+    P = get_profile("smoke")
+    net = nets.make_denoiser_net("mlp", hidden=8, depth=1)
+    params = net.init(jax.random.PRNGKey(0), jnp.zeros((1, 4)), jnp.zeros((1,)))["params"]
+    model = psld.PSLDModel("psld-test", net, params, np.zeros(1), {"kind": "test"}, psld.PSLD(), (2,))
+    calls = []
+    real_sample = splitting.sample
+    monkeypatch.setattr(splitting, "sample", lambda *a, **k: calls.append(a[0]) or real_sample(*a, **k))
+    x1 = splitting.model_samples(model, "cse", 6, n=P.psld_n, lam=0.0)
+    x2 = splitting.model_samples(model, "cse", 6, n=P.psld_n, lam=0.0)
+    assert len(calls) == 1 and np.array_equal(x1, x2) and x1.shape == (P.psld_n, 2)
+    direct = real_sample("cse", model.eps_fn(), __import__("ddss_lite").evaluation.noise_key(0), (P.psld_n, 2),
+                         process=model.process, num_steps=splitting.steps_for_nfe("cse", 6, lam=0.0),
+                         grid="quadratic", lam=0.0)
+    np.testing.assert_array_equal(x1, np.asarray(direct))
+    splitting.model_samples(model, "cse", 6, n=P.psld_n, lam=0.5)
+    moved = psld.PSLDModel("psld-test", net, jax.tree_util.tree_map(lambda a: a + 0.01, params), np.zeros(1),
+                           {"kind": "test"}, psld.PSLD(), (2,))
+    splitting.model_samples(moved, "cse", 6, n=P.psld_n, lam=0.0)
+    assert len(calls) == 3
+    with pytest.raises(ValueError, match="too small"):
+        splitting.model_samples(model, "nvv", 3, n=4)
