@@ -206,6 +206,8 @@ def search(family, denoise: Callable, phi: Callable, real_feats, *, K: int, shap
                   real_feats_sha256=store.array_digest(np.asarray(real_host, np.float32)),
                   init_sha256=hashlib.sha256(serialization.to_bytes(init_params)).hexdigest(),
                   probes=probe_fingerprints(denoise, phi, optimizer, init_params, shape=shape, logsnrs=logsnrs))
+    if eval_fn is not None:     # the monitor's values are part of the result: another monitor, another file
+        config["probes"]["eval_fn"] = store.fingerprint_fn(eval_fn, init_params)
     if cache_dir is not None:
         if ckpt_path is not None:
             raise ValueError("give ckpt_path or cache_dir, not both")

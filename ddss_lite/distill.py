@@ -327,8 +327,9 @@ def distill_round(teacher: Pretrained, student_init: dict | None, N: int, *, dat
         path = root / f"distill-{_root_name(teacher)}-N{N}-{store.config_hash(full)}.ckpt"
         start = _steps_done(path, student_init, optimizer, steps, full)
         t0 = time.perf_counter()
-        # ``fit`` extends ``full`` by the same run_config fields with the same values: the file's config is ``full``.
-        state = train.fit(loss_fn, student_init, ckpt_path=path, config=full, **kw)
+        # ``full`` is already complete: ``_fit`` does not probe the loss and optimiser again (that
+        # would compile the loss a second time inside the timed region)
+        state = train._fit(loss_fn, student_init, ckpt_path=path, config=full, stop_after=None, **kw)
     else:
         start, t0 = 0, time.perf_counter()
         state = train.fit(loss_fn, student_init, **kw)

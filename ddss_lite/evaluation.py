@@ -58,7 +58,8 @@ from ddss_lite.validate import check_K
 N_BOOT = 200          # bootstrap replicates per FID standard error (relative precision ~ 1/sqrt(2 N_BOOT) = 5 %)
 VERDICT_Z = 2.0       # a difference counts when it exceeds this many standard errors
 _CHUNK = 50           # bootstrap replicates per matrix product (bounds memory)
-_SETS_KEPT = 4        # generated sets whose Gram matrices an Evaluator keeps (5000 rows: 200 MB each)
+_SETS_KEPT = 4        # generated sets whose Gram matrices an Evaluator keeps at most ...
+_SETS_BYTES = 1 << 30  # ... and at most this many bytes of them (5000 rows: 200 MB a set, 10000: 800 MB)
 
 
 # --------------------------------------------------------------------------- checks and features
@@ -213,7 +214,7 @@ class Evaluator:
             if self.with_fid:
                 entry["boot"] = self._fid_boot(f, self._W(f.shape[0]))
             cache[key] = entry
-            while len(cache) > _SETS_KEPT:
+            while len(cache) > 1 and (len(cache) > _SETS_KEPT or _nbytes(list(cache.values())) > _SETS_BYTES):
                 cache.popitem(last=False)
         cache.move_to_end(key)
         return cache[key]
@@ -299,6 +300,20 @@ class Evaluator:
         return self.compare_feats(self.features(x_a), self.features(x_b))
 
 
+# Part of every cached draw's key (:func:`samples`, :func:`ddss_lite.splitting.model_samples`): bump
+# it when a sampler's update or defaults change meaning, so that no draw of the old code is loaded.
+SAMPLES_FORMAT = 1
+
+
+def _nbytes(x) -> int:
+    """Bytes held by the arrays in nested dicts, lists and tuples."""
+    if isinstance(x, dict):
+        return sum(_nbytes(v) for v in x.values())
+    if isinstance(x, (list, tuple)):
+        return sum(_nbytes(v) for v in x)
+    return int(getattr(x, "nbytes", 0))
+
+
 # --------------------------------------------------------------------------- one-call forms
 
 
@@ -355,7 +370,8 @@ def samples(model, label: str, draw, *, profile, seed: int = 0, **config) -> np.
     from ddss_lite import store
 
     shape = (profile.n_eval, *model.data_shape)
-    cfg = dict(config, model=model.config, params=store.array_digest(model.params), shape=list(shape), seed=seed)
+    cfg = dict(config, model=model.config, params=store.array_digest(model.params), shape=list(shape), seed=seed,
+               samples_format=SAMPLES_FORMAT)
     return cached_samples(label, cfg, lambda: draw(model.denoiser(), noise_key(seed), shape))
 
 

@@ -81,7 +81,7 @@ PROFILES = {
         digits_net="unet", digits_hidden=64, digits_depth=0, digits_steps=40000, digits_batch=256,
         classifier_steps=4000, n_eval=10000, ref_steps=1000, ks=(5, 10, 20, 50), learning_rate=3e-4,
         search_steps=1000, search_batch=1024, dp_K_max=256,
-        distill_N_start=1024, distill_steps_per_round=4000, distill_batch=256, distill_toy_batch=1024, distill_lr=1e-4,
+        distill_N_start=1024, distill_steps_per_round=2000, distill_batch=256, distill_toy_batch=1024, distill_lr=1e-4,
         psld_n=10000,
     ),
 }

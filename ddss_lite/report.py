@@ -89,8 +89,8 @@ def glue(name: str, value, *, display: bool = False) -> None:
 
 def glue_html_table(name: str, rows: list[dict], columns: list[str], *, caption: str) -> None:
     """Glue ``rows`` as an HTML table under ``name``, for another page of the book to show
-    (``{glue} chapter.ipynb::name`` in a Markdown page: myst-nb pastes HTML across pages, not
-    Markdown). Cells are escaped; the caption says what the numbers are."""
+    (a ``{glue} name`` directive with the option ``:doc: chapter.ipynb`` in a Markdown page:
+    myst-nb pastes HTML across pages, not Markdown). Cells are escaped; the caption says what the numbers are."""
     import html
 
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)

@@ -299,7 +299,11 @@ def heun_nfe(K: int, *, first_euler: bool = True, last_euler: bool = True) -> in
 def heun_steps_for_budget(nfe: int, **options) -> int:
     """The most Heun steps K with ``heun_nfe(K, **options) <= nfe`` (equal-NFE comparisons)."""
     nfe = check_K(nfe, name="nfe")
-    return max(k for k in range(1, nfe + 1) if heun_nfe(k, **options) <= nfe)
+    fits = [k for k in range(1, nfe + 1) if heun_nfe(k, **options) <= nfe]
+    if not fits:
+        raise ValueError(f"nfe must be >= {heun_nfe(1, **options)} for Heun with {options or 'the defaults'} "
+                         f"(one step costs that much), got {nfe}")
+    return max(fits)
 
 
 # --------------------------------------------------------------------------- learnable families

@@ -276,9 +276,23 @@ def _stack_subs(K, program, parts):
     return _Plan(tuple(program), P, Q, R, T)
 
 
+def _host_number(value, name: str) -> float:
+    """A Python/NumPy number (the coefficients are computed on the host when the sampler is traced)."""
+    if isinstance(value, bool) or not chain.is_concrete(value) or np.ndim(value) != 0:
+        raise ValueError(f"{name} must be a Python number (a static option: under jax.jit mark it static), "
+                         f"got {value!r}")
+    return float(value)
+
+
+def _check_bool(value, name: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
 def _B_matrix(B: str, lam) -> np.ndarray:
     check_choice(B, ("I", "ones"), name="B")
-    lam = float(lam)
+    lam = _host_number(lam, "lam")
     if not math.isfinite(lam):
         raise ValueError(f"lam must be finite, got {lam}")
     return lam * (np.eye(2) if B == "I" else np.ones((2, 2)))
@@ -343,11 +357,13 @@ def _plan_split(process, ts, *, order: str, reduced: bool, conj_x=None, conj_m=N
 
 def _plan_conj_split(process, ts, *, order, lam=0.0, B="ones", reduced=True, conjugate_momentum=False, **_):
     Bm = _B_matrix(B, lam)
+    reduced = _check_bool(reduced, "reduced")
+    conjugate_momentum = _check_bool(conjugate_momentum, "conjugate_momentum")
     return _plan_split(process, ts, order=order, reduced=reduced, conj_x=Bm, conj_m=Bm if conjugate_momentum else None)
 
 
 def _check_lambda_s(lambda_s):
-    lambda_s = float(lambda_s)
+    lambda_s = _host_number(lambda_s, "lambda_s")
     if not math.isfinite(lambda_s) or lambda_s < 0:
         raise ValueError(f"lambda_s (position noise scale) must be a finite number >= 0, got {lambda_s}")
     return lambda_s
@@ -592,7 +608,7 @@ def model_samples(model, name: str, budget: int, *, n: int, seed: int = 0, grid:
     n = check_K(n, name="n")
     shape = (n, *model.data_shape)
     cfg = dict(model=model.config, params=store.array_digest(model.params), sampler=name, K=K, grid=grid,
-               options=options, shape=list(shape), seed=seed)
+               options=options, shape=list(shape), seed=seed, samples_format=evaluation.SAMPLES_FORMAT)
     draw = lambda: np.asarray(sample(name, model.eps_fn(), evaluation.noise_key(seed), shape,
                                      process=model.process, num_steps=K, grid=grid, **options))
     return evaluation.cached_samples(f"{model.name}-{name}", cfg, draw)

@@ -464,3 +464,9 @@ def test_heun_refuses_a_correction_where_sigma_is_zero():
         samplers.heun(nonlinear_denoiser, KEY, (4, 2), logsnrs=g)
     z = samplers.heun(nonlinear_denoiser, KEY, (4, 2), logsnrs=g[:4])     # the last (Euler) step may end there
     assert np.all(np.isfinite(z))
+
+
+def test_heun_budget_below_one_step_is_a_clear_error():
+    assert samplers.heun_steps_for_budget(1) == 1
+    with pytest.raises(ValueError, match="nfe must be >= 2"):
+        samplers.heun_steps_for_budget(1, first_euler=False, last_euler=False)

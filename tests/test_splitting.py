@@ -430,3 +430,19 @@ def test_model_samples_are_cached_by_sampler_options_and_parameters(monkeypatch)
     assert len(calls) == 3
     with pytest.raises(ValueError, match="too small"):
         splitting.model_samples(model, "nvv", 3, n=4)
+
+
+def test_options_must_be_host_values_of_the_right_type():
+    proc = psld.PSLD()
+    eps_fn = lambda z, t: jnp.zeros_like(z)
+    run = lambda name, **o: splitting.sample(name, eps_fn, jax.random.PRNGKey(0), (2, 1), process=proc,
+                                             num_steps=2, **o)
+    with pytest.raises(ValueError, match="reduced must be True or False"):
+        run("cse", reduced="False")
+    with pytest.raises(ValueError, match="conjugate_momentum must be True or False"):
+        run("cvv", conjugate_momentum=1)
+    with pytest.raises(ValueError, match="lambda_s must be a Python number"):
+        run("roba", lambda_s=True)
+    with pytest.raises(ValueError, match="lam must be a Python number"):
+        jax.jit(lambda lam: run("cse", lam=lam))(0.1)
+    assert np.all(np.isfinite(np.asarray(run("cse", lam=np.float32(0.1)))))
