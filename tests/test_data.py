@@ -459,23 +459,22 @@ def test_cifar_download_truncated_transfer(http_server, tmp_path):
     _assert_failed_cleanly(root, http_server)
 
 
-def test_cifar_download_truncated_archive(http_server, tmp_path):
+def _truncated():
     # A complete transfer of a truncated archive whose MD5 matches (a wrong md5= override):
     # extraction fails, and nothing is left.
     blob, _ = _archive()
-    cut = blob[: len(blob) * 2 // 3]
-    url = _serve(http_server, cut)
-    root = tmp_path / "cifar"
-    with pytest.raises(data.DownloadError, match="not a complete tar.gz"):
-        data.download_cifar10(root, url=url, md5=_md5(cut), timeout=10)
-    _assert_failed_cleanly(root, http_server)
+    return blob[: len(blob) * 2 // 3]
 
 
-def test_cifar_download_archive_without_a_batch(http_server, tmp_path):
-    blob, _ = _archive(files=data.CIFAR10_TRAIN_FILES)
+@pytest.mark.parametrize("make_blob, match", [
+    (_truncated, "not a complete tar.gz"),
+    (lambda: _archive(files=data.CIFAR10_TRAIN_FILES)[0], "test_batch"),   # an archive without a batch
+], ids=["truncated archive", "archive without test_batch"])
+def test_cifar_download_bad_archive_with_matching_md5(http_server, tmp_path, make_blob, match):
+    blob = make_blob()
     url = _serve(http_server, blob)
     root = tmp_path / "cifar"
-    with pytest.raises(data.DownloadError, match="test_batch"):
+    with pytest.raises(data.DownloadError, match=match):
         data.download_cifar10(root, url=url, md5=_md5(blob), timeout=10)
     _assert_failed_cleanly(root, http_server)
 
