@@ -15,9 +15,18 @@ SHAPE = (4, 8, 8, 3)          # a few images of a CIFAR-like channel count, at 8
 @pytest.fixture(scope="module")
 def unet():
     module = nets.make_denoiser_net("unet", hidden=8)
-    params = module.init(jax.random.PRNGKey(0), jnp.zeros((1, *SHAPE[1:])), jnp.zeros((1,)))["params"]
-    # move off the zero-initialised output layer so x_hat depends on the network
-    params = jax.tree_util.tree_map(lambda p: p + 0.05 * jax.random.normal(jax.random.PRNGKey(1), p.shape), params)
+    # random weights of the initialiser's shapes, drawn on the host (eval_shape compiles nothing):
+    # kernels scaled by their fan-in, norm scales near 1, biases small, so x_hat depends on the network
+    shapes = jax.eval_shape(module.init, jax.random.PRNGKey(0), jnp.zeros((1, *SHAPE[1:])), jnp.zeros((1,)))
+    rng = np.random.RandomState(1)
+
+    def draw(path, leaf):
+        name, noise = jax.tree_util.keystr(path), rng.normal(size=leaf.shape).astype(np.float32)
+        if "kernel" in name or "embedding" in name:
+            return noise / np.sqrt(np.prod(leaf.shape[:-1]))
+        return (1.0 if "scale" in name else 0.0) + 0.05 * noise
+
+    params = jax.tree_util.tree_map_with_path(draw, shapes["params"])
     return module, params
 
 
