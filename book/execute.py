@@ -23,6 +23,7 @@ import json
 import os
 import pathlib
 import shutil
+import subprocess
 import sys
 import time
 
@@ -112,6 +113,35 @@ def waves(nbs: list[str]) -> list[list[str]]:
     return [nbs[:1], nbs[1:-1], nbs[-1:]]
 
 
+# What the chapters train or draw once and later chapters load from the cache (keyed by the same
+# configs the chapters use), split into two lists that run in parallel before the first chapter
+# when the whole book is executed: chapter 1 then finds its models trained and chapter 7 its PSLD
+# models. The results are the same; only the wall time changes.
+PREPARE = (
+    "toy = pretrained.toy_model(P, dataset='checkerboard', seed=seed)\n"
+    "evaluation.many_step_samples(toy, P, seed=seed)\n"
+    "psld.digits_model(P, seed=seed)\n",
+    "digits = pretrained.digits_model(P, seed=seed)\n"
+    "pretrained.digit_classifiers(P)\n"
+    "evaluation.many_step_samples(digits, P, seed=seed)\n"
+    "psld.toy_model(P, seed=seed, steps=P.psld_toy_steps)\n",
+)
+
+
+def prepare(profile: str, seed: int, jobs: int) -> float:
+    """Run :data:`PREPARE` (``jobs`` lists at once, each in its own Python process); seconds taken."""
+    head = ("from ddss_lite import evaluation, pretrained, psld\n"
+            "from ddss_lite.profiles import get_profile\n"
+            f"P, seed = get_profile({profile!r}), {seed}\n")
+    t0 = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+        runs = [pool.submit(subprocess.run, [sys.executable, "-c", head + code], cwd=ROOT) for code in PREPARE]
+        failed = [r.result().returncode for r in runs if r.result().returncode != 0]
+    if failed:
+        raise SystemExit(f"preparing the models failed (exit codes {failed}); see the output above")
+    return time.perf_counter() - t0
+
+
 def default_build_dir() -> pathlib.Path:
     env = os.environ.get("DDSS_BUILD_DIR")
     return pathlib.Path(env) if env else ROOT / "_build"
@@ -143,6 +173,10 @@ def main(argv=None) -> int:
     times, t0 = {}, time.perf_counter()
 
     kernel_env(build_dir)              # once, for every kernel of the run
+    if args.only is None and args.jobs > 1:
+        print(f"training the models in {args.jobs} processes ...", flush=True)
+        times["prepare"] = prepare(args.profile, args.seed, args.jobs)
+        print(f"  models ready in {times['prepare']:.0f} s", flush=True)
 
     def run(nb):
         print(f"executing {nb} (profile {args.profile}) ...", flush=True)

@@ -142,9 +142,13 @@ def _boot_stats(f, W):
     n, d = f.shape
     mu = f.mean(axis=0)
     c = f - mu
-    outer = (c[:, :, None] * c[:, None, :]).reshape(n, d * d)
-    dm = W @ c / n                                          # mu_b - mu
-    covs = np.concatenate([(W[s:s + _CHUNK] @ outer).reshape(-1, d, d) for s in range(0, W.shape[0], _CHUNK)])
+    # the weighted sums in float32 (4x faster; the centred products are O(1), so the replicate
+    # covariances carry errors near 1e-7, far below the bootstrap's own spread), the rest in float64
+    c32, W32 = c.astype(np.float32), W.astype(np.float32)
+    outer = (c32[:, :, None] * c32[:, None, :]).reshape(n, d * d)
+    dm = (W32 @ c32).astype(np.float64) / n                  # mu_b - mu
+    covs = np.concatenate([(W32[s:s + _CHUNK] @ outer).astype(np.float64).reshape(-1, d, d)
+                           for s in range(0, W.shape[0], _CHUNK)])
     covs -= n * dm[:, :, None] * dm[:, None, :]
     return mu + dm, covs / (n - 1)
 

@@ -56,6 +56,7 @@ class Profile:
     # n_eval: twelve samplers at four budgets, within the chapter's share of the book's time).
     psld_nfes: tuple = (10, 20, 50, 100)
     psld_n: int = 1000
+    psld_toy_steps: int = 2000  # the 2-D PSLD model (it only draws a figure): a quarter of toy_steps
 
     @property
     def n_devices(self) -> int:
@@ -69,7 +70,7 @@ PROFILES = {
         classifier_steps=40, n_eval=64, ref_steps=20, ks=(2, 5),
         search_ks=(2,), search_steps=4, search_batch=16, dp_T=40, dp_K_max=8, n_monitor=64,
         distill_N_start=4, distill_steps_per_round=4, distill_batch=16, distill_toy_batch=16, distill_lr=1e-3,
-        h2h_nfes=(1, 2), psld_nfes=(4, 8), psld_n=64,
+        h2h_nfes=(1, 2), psld_nfes=(4, 8), psld_n=64, psld_toy_steps=15,
     ),
     "cpu": Profile(
         name="cpu", dataset="digits", toy_hidden=256, toy_depth=3, toy_steps=8000, toy_batch=512,
@@ -82,7 +83,7 @@ PROFILES = {
         classifier_steps=4000, n_eval=10000, ref_steps=1000, ks=(5, 10, 20, 50), learning_rate=3e-4,
         search_steps=1000, search_batch=1024, dp_K_max=256,
         distill_N_start=1024, distill_steps_per_round=2000, distill_batch=256, distill_toy_batch=1024, distill_lr=1e-4,
-        psld_n=10000,
+        psld_n=10000, psld_toy_steps=7500,
     ),
 }
 
