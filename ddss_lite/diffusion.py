@@ -22,8 +22,9 @@ from ddss_lite.validate import check_choice
 Denoiser = Callable[[jax.Array, jax.Array], jax.Array]
 
 
-def _bcast(a, z):
-    """Broadcast a scalar or per-example array ``a`` against ``z`` of shape (B, ...)."""
+def bcast(a, z):
+    """Broadcast a scalar or per-example array ``a`` (shape (B,)) against ``z`` of shape (B, ...),
+    in ``z``'s dtype (the one helper every module uses for per-example coefficients)."""
     z = jnp.asarray(z)
     a = jnp.asarray(a, z.dtype)
     return a.reshape(a.shape + (1,) * (z.ndim - a.ndim)) if a.ndim else a
@@ -32,7 +33,7 @@ def _bcast(a, z):
 def q_sample(*, x, eps, logsnr):
     """Sample the forward marginal ``q(z_t | x)``: ``z_t = alpha_t x + sigma_t eps``."""
     alpha, sigma = alpha_sigma(logsnr)
-    return _bcast(alpha, x) * x + _bcast(sigma, x) * eps
+    return bcast(alpha, x) * x + bcast(sigma, x) * eps
 
 
 # The conversions take keyword arguments only: two arrays of the same shape and type must never be
@@ -42,31 +43,31 @@ def q_sample(*, x, eps, logsnr):
 def eps_from_x(*, z, x, logsnr):
     """``eps = (z - alpha x) / sigma``."""
     alpha, sigma = alpha_sigma(logsnr)
-    return (z - _bcast(alpha, z) * x) / _bcast(sigma, z)
+    return (z - bcast(alpha, z) * x) / bcast(sigma, z)
 
 
 def x_from_eps(*, z, eps, logsnr):
     """``x = (z - sigma eps) / alpha``."""
     alpha, sigma = alpha_sigma(logsnr)
-    return (z - _bcast(sigma, z) * eps) / _bcast(alpha, z)
+    return (z - bcast(sigma, z) * eps) / bcast(alpha, z)
 
 
 def v_from_x_eps(*, x, eps, logsnr):
     """``v = alpha eps - sigma x``."""
     alpha, sigma = alpha_sigma(logsnr)
-    return _bcast(alpha, x) * eps - _bcast(sigma, x) * x
+    return bcast(alpha, x) * eps - bcast(sigma, x) * x
 
 
 def x_from_v(*, z, v, logsnr):
     """``x = alpha z - sigma v`` (since alpha^2 + sigma^2 = 1)."""
     alpha, sigma = alpha_sigma(logsnr)
-    return _bcast(alpha, z) * z - _bcast(sigma, z) * v
+    return bcast(alpha, z) * z - bcast(sigma, z) * v
 
 
 def eps_from_v(*, z, v, logsnr):
     """``eps = sigma z + alpha v``."""
     alpha, sigma = alpha_sigma(logsnr)
-    return _bcast(sigma, z) * z + _bcast(alpha, z) * v
+    return bcast(sigma, z) * z + bcast(alpha, z) * v
 
 
 PREDICTIONS = ("eps", "x", "v")

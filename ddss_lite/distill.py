@@ -58,12 +58,6 @@ GRAD_CLIP = 1.0     # global-norm clipping, as in the released CIFAR-10 distilla
 # --------------------------------------------------------------------------- the target
 
 
-def _bc(a, z):
-    """Broadcast a scalar or per-example array ``a`` against ``z`` of shape (B, ...)."""
-    a = jnp.asarray(a, z.dtype)
-    return a.reshape(a.shape + (1,) * (z.ndim - a.ndim)) if a.ndim else a
-
-
 def ddim_step(denoise, z_t, *, logsnr_t, logsnr_s):
     """One deterministic DDIM step ``z_s = alpha_s x_hat + sigma_s eps_hat`` (Song et al. 2021, eq. 12);
     returns ``(z_s, x_hat)``. Written as ``z_s = mu x_hat + nu z_t`` with the coefficients of
@@ -72,7 +66,7 @@ def ddim_step(denoise, z_t, *, logsnr_t, logsnr_s):
 
     x_hat = denoise(z_t, logsnr_t)
     mu, nu, _ = ddim_coefficients(logsnr_t=logsnr_t, logsnr_s=logsnr_s, eta=0.0)
-    return _bc(mu, z_t) * x_hat + _bc(nu, z_t) * z_t, x_hat
+    return diffusion.bcast(mu, z_t) * x_hat + diffusion.bcast(nu, z_t) * z_t, x_hat
 
 
 def x_target_from_landing(*, z_t, z_s, logsnr_t, logsnr_s):
@@ -92,7 +86,7 @@ def x_target_from_landing(*, z_t, z_s, logsnr_t, logsnr_s):
     r = jnp.exp(0.5 * (jax.nn.softplus(logsnr_t) - jax.nn.softplus(logsnr_s)))
     alpha_s, _ = alpha_sigma(logsnr_s)
     denom = -alpha_s * jnp.expm1(0.5 * (logsnr_t - logsnr_s))
-    return (z_s - _bc(r, z_t) * z_t) / _bc(denom, z_t)
+    return (z_s - diffusion.bcast(r, z_t) * z_t) / diffusion.bcast(denom, z_t)
 
 
 def distillation_target(teacher, z_t, *, logsnr_t, logsnr_mid, logsnr_s, last=False):
@@ -108,7 +102,7 @@ def distillation_target(teacher, z_t, *, logsnr_t, logsnr_mid, logsnr_s, last=Fa
     z_mid, _ = ddim_step(teacher, z_t, logsnr_t=logsnr_t, logsnr_s=logsnr_mid)
     z_s, x_hat_mid = ddim_step(teacher, z_mid, logsnr_t=logsnr_mid, logsnr_s=logsnr_s)
     x_solved = x_target_from_landing(z_t=z_t, z_s=z_s, logsnr_t=logsnr_t, logsnr_s=logsnr_s)
-    x_target = jnp.where(_bc(jnp.asarray(last), z_t), x_hat_mid, x_solved)
+    x_target = jnp.where(diffusion.bcast(jnp.asarray(last), z_t), x_hat_mid, x_solved)
     return jax.lax.stop_gradient(x_target), jax.lax.stop_gradient(z_s)
 
 

@@ -69,6 +69,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ddss_lite import data, nets, paths
+from ddss_lite.diffusion import bcast
 from ddss_lite.profiles import Profile
 from ddss_lite.train import load_or_train
 
@@ -297,12 +298,6 @@ def inv_cholesky_T(process: PSLD, t):
     return 1.0 / l11, -l21 / (l11 * l22), 1.0 / l22
 
 
-def _bcast(a, z):
-    """A scalar or per-example (B,) coefficient, shaped to broadcast against ``z`` (B, ...)."""
-    a = jnp.asarray(a, z.dtype)
-    return a.reshape(a.shape + (1,) * (z.ndim - a.ndim)) if a.ndim else a
-
-
 def perturb(process: PSLD, x0, eps, t):
     """``z_t = mu_t(x_0) + L_t eps``: ``x0`` (B, ..., C), ``eps`` (B, ..., 2C), ``t`` scalar or (B,)."""
     x0 = jnp.asarray(x0)
@@ -313,8 +308,8 @@ def perturb(process: PSLD, x0, eps, t):
     a_x, a_m = mean_coefficients(process, t)
     l11, l21, l22 = cholesky(process, t)
     e_x, e_m = split(eps)
-    x = _bcast(a_x, x0) * x0 + _bcast(l11, x0) * e_x
-    m = _bcast(a_m, x0) * x0 + _bcast(l21, x0) * e_x + _bcast(l22, x0) * e_m
+    x = bcast(a_x, x0) * x0 + bcast(l11, x0) * e_x
+    m = bcast(a_m, x0) * x0 + bcast(l21, x0) * e_x + bcast(l22, x0) * e_m
     return stack(x, m)
 
 
@@ -322,14 +317,14 @@ def score_from_eps(process: PSLD, eps, t):
     """``s = -L_t^{-T} eps`` (``eps`` of the state shape (B, ..., 2C), ``t`` scalar or (B,))."""
     a11, a12, a22 = inv_cholesky_T(process, jnp.asarray(t, eps.dtype))
     e_x, e_m = split(eps)
-    return stack(-(_bcast(a11, e_x) * e_x + _bcast(a12, e_x) * e_m), -_bcast(a22, e_m) * e_m)
+    return stack(-(bcast(a11, e_x) * e_x + bcast(a12, e_x) * e_m), -bcast(a22, e_m) * e_m)
 
 
 def eps_from_score(process: PSLD, score, t):
     """``eps = -L_t^T s`` (inverse of :func:`score_from_eps`)."""
     l11, l21, l22 = cholesky(process, jnp.asarray(t, score.dtype))
     s_x, s_m = split(score)
-    return stack(-(_bcast(l11, s_x) * s_x + _bcast(l21, s_x) * s_m), -_bcast(l22, s_m) * s_m)
+    return stack(-(bcast(l11, s_x) * s_x + bcast(l21, s_x) * s_m), -bcast(l22, s_m) * s_m)
 
 
 def _F_times(process: PSLD, z):

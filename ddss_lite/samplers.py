@@ -65,11 +65,9 @@ __all__ = [
 
 # --------------------------------------------------------------------------- checks
 
-_concrete = chain.is_concrete
-
 
 def _check_eta(eta):
-    if _concrete(eta):
+    if chain.is_concrete(eta):
         check_finite(eta, name="eta")
         e = np.asarray(eta)
         if e.ndim != 0 or not 0.0 <= float(e) <= 1.0:
@@ -116,7 +114,7 @@ def ddim_coefficients(*, logsnr_t, logsnr_s, eta=0.0):
     """
     logsnr_t, logsnr_s = jnp.asarray(logsnr_t), jnp.asarray(logsnr_s)
     _check_eta(eta)
-    if _concrete((logsnr_t, logsnr_s)) and not np.all(np.asarray(logsnr_s) > np.asarray(logsnr_t)):
+    if chain.is_concrete((logsnr_t, logsnr_s)) and not np.all(np.asarray(logsnr_s) > np.asarray(logsnr_t)):
         raise ValueError("logsnr_s must be > logsnr_t (a step goes from noisier t to cleaner s)")
     eta = jnp.asarray(eta, logsnr_t.dtype)
     alpha_t, sigma_t = alpha_sigma(logsnr_t)
@@ -156,7 +154,7 @@ def ddim(denoise, key, shape, *, logsnrs, eta=0.0, remat: bool = True, return_tr
     logsnrs = chain.check_logsnrs(logsnrs, dtype)
     _check_eta(eta)
     mu, nu, c = ddim_coefficients(logsnr_t=logsnrs[:-1], logsnr_s=logsnrs[1:], eta=eta)
-    stochastic = not (_concrete(eta) and float(eta) == 0.0)
+    stochastic = not (chain.is_concrete(eta) and float(eta) == 0.0)
     return _markov_chain(denoise, z0, key_steps, logsnrs=logsnrs, mu=mu, nu=nu, c=c, stochastic=stochastic,
                          remat=remat, return_trajectory=return_trajectory)
 
@@ -263,7 +261,7 @@ def heun(denoise, key, shape, *, logsnrs, first_euler: bool = True, last_euler: 
     alpha_s, sigma_s = alpha_sigma(logsnr_s)
     corr = -0.5 * sigma_s * jnp.expm1(0.5 * (logsnr_s - logsnr_t))
     flags = _heun_flags(K, first_euler, last_euler)
-    if _concrete(logsnrs):
+    if chain.is_concrete(logsnrs):
         with np.errstate(over="ignore"):
             sig = np.sqrt(1.0 / (1.0 + np.exp(np.asarray(logsnrs).astype(np.dtype(dtype)))))  # sigma, in dtype
         bad = np.flatnonzero(flags & ((sig[:-1] == 0) | (sig[1:] == 0)))
@@ -334,7 +332,7 @@ def _check_params(params, shapes: dict, family: str):
     _check_keys(params, tuple(shapes), family)
     for name, shape in shapes.items():
         check_shape(params[name], shape, name=f"{family} params[{name!r}]")
-    if _concrete(params):
+    if chain.is_concrete(params):
         check_finite(params, name=f"{family} params")
 
 

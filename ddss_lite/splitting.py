@@ -119,7 +119,7 @@ import numpy as np
 
 from ddss_lite import chain, psld
 from ddss_lite.psld import PSLD
-from ddss_lite.validate import check_choice, check_finite, check_K
+from ddss_lite.validate import check_choice, check_K
 
 __all__ = [
     "GRIDS",
@@ -476,20 +476,11 @@ def _setup(key, shape, process, z_init, dtype):
     if z_init is not None and tuple(np.shape(z_init)) != state_shape:
         raise ValueError(f"z_init must be a PSLD state of shape {state_shape} (x and m stacked on the last axis "
                          f"for data shape {shape}), got {tuple(np.shape(z_init))}")
+    z0, key_steps, _ = chain.setup(key, state_shape, z_init, dtype)
     if z_init is None:
-        z0, key_steps, _ = chain.setup(key, state_shape, None, dtype)
         x, m = psld.split(z0)
-        return psld.stack(x, math.sqrt(process.M) * m), key_steps
-    # z_init may be traced (chain.setup reads np.asarray(z_init).dtype, which a tracer refuses)
-    chain.check_key(key)
-    if dtype is not None and not jnp.issubdtype(jnp.dtype(dtype), jnp.floating):
-        raise ValueError(f"dtype must be a floating dtype, got {jnp.dtype(dtype).name}")
-    z0 = jnp.asarray(z_init, dtype)
-    if not jnp.issubdtype(z0.dtype, jnp.floating):
-        raise ValueError(f"z_init must hold floating-point values, got dtype {z0.dtype.name}")
-    if chain.is_concrete(z0):
-        check_finite(z0, name="z_init")
-    return z0, chain.split_key(key)[1]
+        z0 = psld.stack(x, math.sqrt(process.M) * m)
+    return z0, key_steps
 
 
 # --------------------------------------------------------------------------- registry
