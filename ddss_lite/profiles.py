@@ -48,7 +48,7 @@ class Profile:
     h2h_nfes: tuple = (1, 2, 4, 5, 8, 10, 20, 50)
     # Progressive distillation: N_start halved to 1, steps per round, batch and learning rate.
     distill_N_start: int = 256
-    distill_steps_per_round: int = 500
+    distill_steps_per_round: int = 250   # cpu: 8 rounds of 250 (the book's time budget; chapter 5)
     distill_batch: int = 128
     distill_toy_batch: int = 256
     distill_lr: float = 2e-4
