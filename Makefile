@@ -24,7 +24,7 @@ $(VENV)/.stamp: requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --no-compile -r requirements.lock
 	$(PY) -m pip install -q --no-compile --no-deps -e .
-	$(PY) -m compileall -q -j 2 $(VENV)/lib >/dev/null || true
+	$(PY) -m compileall -q -j 2 $(VENV)/lib >/dev/null 2>&1 || true
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $@
 
@@ -33,7 +33,7 @@ tfenv: $(TFENV)/.stamp
 $(TFENV)/.stamp:
 	$(PYTHON) -m venv $(TFENV)
 	$(TFENV)/bin/python -m pip install -q --no-compile $(TF_PINS)
-	$(TFENV)/bin/python -m compileall -q -j 2 $(TFENV)/lib >/dev/null || true
+	$(TFENV)/bin/python -m compileall -q -j 2 $(TFENV)/lib >/dev/null 2>&1 || true
 	touch $@
 
 # Headless Chromium for tests/test_rendered_book.py and book/screenshots.py (Debian's packages; root + apt).

@@ -8,8 +8,8 @@ and the book's other files, so ``jupyter-book build <build dir>/src`` renders th
 re-executing. Models, results and figures go to the build directory: ``--build-dir``, else the
 environment variable ``DDSS_BUILD_DIR``, else ``_build/`` at the repository root.
 
-``--jobs N`` runs up to N chapters at once between the first (which trains the models) and the
-last (which reads every other chapter's results). The kernels run with ``DDSS_PROGRESS=summary`` (one line per long loop instead of a progress bar
+``--jobs N`` with the whole book first trains the models in N processes (:data:`PREPARE`), then runs
+up to N chapters at once before the last (which reads every other chapter's results). The kernels run with ``DDSS_PROGRESS=summary`` (one line per long loop instead of a progress bar
 in the stored output) and share JAX's persistent compilation cache (``<build dir>/jax_cache``,
 unless ``JAX_COMPILATION_CACHE_DIR`` is set), and papermill's injected parameters are folded into the chapter's own
 parameters cell, so a reader sees the values used once. A failing cell stops the build with
@@ -104,20 +104,27 @@ def stage(src_dir: pathlib.Path) -> None:
             shutil.copy2(f, src_dir / "book" / f.name)
 
 
-# The chapters that took longest in the cpu profile (measured: about 18 and 16 minutes on 2 cores
-# with two chapters at a time), started first in their wave so that the others fill in around them.
-LONGEST = ("05_distillation", "03_ddss")
+# The chapters of the middle wave, longest first in the cpu profile (measured from a fresh clone on 2
+# cores, two at a time, 2026-11-24: DDSS 788 s, distillation 768, baselines 366, PSLD 255, DP
+# schedules and conjugate integrators 263 each); a chapter not listed runs after them, in _toc.yml
+# order. Longest first, the short ones fill in at the end and the two processes finish close together.
+LONGEST = ("03_ddss", "05_distillation", "02_baselines", "07_splitting_integrators", "04_dp_schedules",
+           "06_conjugate_integrators")
 
 
-def waves(nbs: list[str]) -> list[list[str]]:
+def waves(nbs: list[str], *, prepared: bool = False) -> list[list[str]]:
     """The order of execution: the first chapter alone (it trains the models every later chapter
     loads), then the chapters in between (independent of each other: each reads only cached models and
-    results of the first), then the last (the head-to-head chapter reads every other chapter's results)."""
+    results of the first), then the last (the head-to-head chapter reads every other chapter's results).
+    With ``prepared`` (:func:`prepare` has trained and cached those models) the first chapter has
+    nothing left to train and runs with the chapters in between."""
     if len(nbs) <= 2:
         return [[nb] for nb in nbs]
-    first = [nb for nb in nbs[1:-1] if pathlib.Path(nb).stem in LONGEST]   # started first: the
-    rest = [nb for nb in nbs[1:-1] if nb not in first]                     # wave ends sooner
-    return [nbs[:1], sorted(first, key=lambda nb: LONGEST.index(pathlib.Path(nb).stem)) + rest, nbs[-1:]]
+    middle = nbs[:-1] if prepared else nbs[1:-1]
+    first = [nb for nb in middle if pathlib.Path(nb).stem in LONGEST]   # started first: the
+    rest = [nb for nb in middle if nb not in first]                     # wave ends sooner
+    ordered = sorted(first, key=lambda nb: LONGEST.index(pathlib.Path(nb).stem)) + rest
+    return ([] if prepared else [nbs[:1]]) + [ordered, nbs[-1:]]
 
 
 # What the chapters train or draw once and later chapters load from the cache (keyed by the same
@@ -191,7 +198,7 @@ def main(argv=None) -> int:
                             restore_env=False)
         print(f"  {nb} done in {times[nb]:.0f} s", flush=True)
 
-    for wave in waves(todo):
+    for wave in waves(todo, prepared="prepare" in times):
         with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
             for future in [pool.submit(run, nb) for nb in wave]:
                 future.result()            # re-raises a chapter's failure

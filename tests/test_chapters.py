@@ -28,6 +28,15 @@ def test_toc_lists_chapters_and_every_notebook_is_listed():
     assert on_disk == set(CHAPTERS), f"notebooks not in _toc.yml: {on_disk - set(CHAPTERS)}"
 
 
+def test_waves_run_each_chapter_once_longest_first_and_the_first_alone_unless_prepared():
+    a, b = book_execute.LONGEST[:2]                     # a runs longer than b
+    nbs = [f"book/{n}.ipynb" for n in ("00_first", "01_x", b, "02_y", a, "09_last")]
+    plain, prepared = book_execute.waves(nbs), book_execute.waves(nbs, prepared=True)
+    assert plain == [[nbs[0]], [nbs[4], nbs[2], nbs[1], nbs[3]], [nbs[5]]]
+    assert prepared == [[nbs[4], nbs[2], nbs[0], nbs[1], nbs[3]], [nbs[5]]]
+    assert book_execute.waves(nbs[:2], prepared=True) == [[nbs[0]], [nbs[1]]]
+
+
 @pytest.mark.parametrize("nb", CHAPTERS)
 def test_committed_notebook_is_clean_and_parameterised(nb):
     cells = json.loads((ROOT / nb).read_text())["cells"]
