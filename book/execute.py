@@ -8,12 +8,13 @@ and the book's other files, so ``jupyter-book build <build dir>/src`` renders th
 re-executing. Models, results and figures go to the build directory: ``--build-dir``, else the
 environment variable ``DDSS_BUILD_DIR``, else ``_build/`` at the repository root.
 
-``--jobs N`` with the whole book first trains the models in N processes (:data:`PREPARE`), then runs
-up to N chapters at once before the last (which reads every other chapter's results). The kernels run with ``DDSS_PROGRESS=summary`` (one line per long loop instead of a progress bar
-in the stored output) and share JAX's persistent compilation cache (``<build dir>/jax_cache``,
-unless ``JAX_COMPILATION_CACHE_DIR`` is set), and papermill's injected parameters are folded into the chapter's own
-parameters cell, so a reader sees the values used once. A failing cell stops the build with
-papermill's error.
+``--jobs N`` with the whole book first trains the models in N processes (:data:`PREPARE`), then
+runs up to N chapters at once before the last (which reads every other chapter's results). The
+kernels run with ``DDSS_PROGRESS=summary`` (one line per long loop instead of a progress bar in the
+stored output) and share JAX's persistent compilation cache (``<build dir>/jax_cache``, unless
+``JAX_COMPILATION_CACHE_DIR`` is set), and papermill's injected parameters are folded into the
+chapter's own parameters cell, so a reader sees the values used once. A failing cell stops the
+build with papermill's error.
 """
 from __future__ import annotations
 

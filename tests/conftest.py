@@ -21,6 +21,19 @@ import pytest
 from ddss_lite.schedules import alpha_sigma
 
 
+# The files whose tests take longest (measured with --durations: the multi-device and
+# multi-process runs, the U-Net paths, the PSLD models, distillation with a kill -9).
+SLOW_FILES = ("test_parallel.py", "test_unet_paths.py", "test_psld.py", "test_distill.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Run the slowest files first, each file's tests in their own order: with several workers
+    (``make test`` runs ``pytest -n 2``) the short tests then fill in at the end, instead of one long
+    test running alone while the other worker is idle."""
+    rank = {name: i for i, name in enumerate(SLOW_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def build_dir(tmp_path_factory):
     """Every test run writes models, results and figures into its own fresh build directory."""
