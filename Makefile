@@ -49,10 +49,11 @@ smoke-book: env
 	$(PY) book/execute.py --profile smoke --build-dir $(SMOKE) --jobs 2
 	$(VENV)/bin/jupyter-book build $(SMOKE)/src --path-output $(SMOKE)/jb -q
 
-# The TensorFlow environment downloads while the smoke book computes; the tests then run in
-# TEST_JOBS processes (pytest-xdist; one per core of the 2-core budget machine).
+# The TensorFlow environment installs beside the main one (pip mostly waits on one core) and the
+# smoke book that follows it; the tests then run in TEST_JOBS processes (pytest-xdist; one per core
+# of the 2-core budget machine).
 TEST_JOBS ?= 2
-test: env browser
+test: browser
 	$(MAKE) -j2 tfenv smoke-book
 	DDSS_SMOKE_BUILD=$(CURDIR)/$(SMOKE) DDSS_HTML_DIR=$(CURDIR)/$(SMOKE)/jb/_build/html \
 	DDSS_TF_PYTHON=$(CURDIR)/$(TFENV)/bin/python $(PY) -m pytest -q -ra -n $(TEST_JOBS) tests

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ddss_lite.chain import is_concrete
 from ddss_lite.validate import check_choice, check_finite, check_K
 
 
@@ -55,10 +56,6 @@ def kernel_fn(kernel: str) -> Callable:
 
 # --------------------------------------------------------------------------- checks
 
-def _is_concrete(x) -> bool:
-    return not isinstance(x, jax.core.Tracer)
-
-
 def _check_features(x, *, name: str, min_rows: int = 2):
     """``x`` must be a 2-D (rows, d) array with ``rows >= min_rows`` and, when its
     values are known (not under ``jit``/``grad`` tracing), finite."""
@@ -69,7 +66,7 @@ def _check_features(x, *, name: str, min_rows: int = 2):
         raise ValueError(f"{name} must have at least {min_rows} rows (samples), got {shape[0]}")
     if shape[1] < 1:
         raise ValueError(f"{name} must have feature width >= 1, got shape {shape}")
-    if _is_concrete(x):
+    if is_concrete(x):
         check_finite(x, name=name)
     return x
 
