@@ -69,9 +69,14 @@ book: execute html browser
 	$(PY) book/screenshots.py $(HTML) _build/screenshots
 	DDSS_HTML_DIR=$(CURDIR)/$(HTML) $(PY) -m pytest -q -ra tests/test_rendered_book.py
 
+# Every script in benchmarks/ (each prints ratios measured in one run; `--quick` for a short run).
+BENCH_ARGS ?=
 bench: env
-	$(PY) benchmarks/chain_remat.py
-	$(PY) benchmarks/ddss_step.py
+	$(PY) benchmarks/chain_remat.py $(BENCH_ARGS)
+	$(PY) benchmarks/ddss_step.py $(BENCH_ARGS)
+	$(PY) benchmarks/distill_step.py $(BENCH_ARGS)
+	$(PY) benchmarks/integrators_overhead.py $(BENCH_ARGS)
+	$(PY) benchmarks/parallel_scaling.py $(BENCH_ARGS)
 
 clean:
 	rm -rf _build
