@@ -366,9 +366,12 @@ class Distillation:
         return self.students[min(self.students)] if self.students else self.teacher
 
     def total(self, field: str):
-        """The sum of a :class:`RoundCost` field over the rounds (``None`` if a round lacks it)."""
+        """The sum of a :class:`RoundCost` field over the rounds (``None`` if a round lacks it). For
+        ``wall_s`` also ``None`` when a round's time covers only part of it (``steps_timed < steps``:
+        the round was resumed, and the interrupted run's seconds were never recorded)."""
         values = [getattr(c, field) for c in self.costs]
-        return None if any(v is None for v in values) else sum(values)
+        partial = field == "wall_s" and any(c.steps_timed < c.steps for c in self.costs)
+        return None if partial or any(v is None for v in values) else sum(values)
 
 
 def halving_schedule(N_start: int, N_end: int = 1) -> list[int]:

@@ -288,6 +288,7 @@ KILL_SCRIPT = textwrap.dedent("""
     np.savez(out, *[np.asarray(x) for x in jax.tree_util.tree_leaves(res.final.params)],
              losses=res.final.losses)
     print("costs", [(c.N, c.steps_timed, c.from_cache) for c in res.costs])
+    print("total wall_s known:", res.total("wall_s") is not None)
 """)
 
 
@@ -312,6 +313,7 @@ def _run_script(tmp_path, cache, out, *, kill_when=None):
 def test_sigkill_mid_round_then_rerun_ends_on_the_same_weights(tmp_path):
     rc, out, err = _run_script(tmp_path, tmp_path / "a", tmp_path / "a.npz")
     assert rc == 0, err[-3000:]
+    assert "total wall_s known: True" in out
     # kill -9 once the second round (N = 1) has written a checkpoint, i.e. in the middle of it
     cache = tmp_path / "b"
     mid_round = lambda: any(cache.glob("distill-*-N1-*.ckpt"))
@@ -322,6 +324,7 @@ def test_sigkill_mid_round_then_rerun_ends_on_the_same_weights(tmp_path):
     m = re.search(r"resumed from checkpoint .* at step (\d+) of 150", err)
     assert m and 0 < int(m.group(1)) < 150, err[-3000:]
     assert f"costs [(2, 10, True), (1, {150 - int(m.group(1))}, False)]" in out   # round 1 loaded, round 2 resumed
+    assert "total wall_s known: False" in out   # the killed run's seconds of round 2 were never recorded
     a, b = np.load(tmp_path / "a.npz"), np.load(tmp_path / "b.npz")
     assert sorted(a.files) == sorted(b.files)
     for f in a.files:
