@@ -8,8 +8,8 @@ same global batch: a DDSS step (GGDM, K steps, linear-kernel KID, Adam) with the
 ``parallel.mesh()``, and a DDIM draw of the same batch through ``parallel.sample``. Reported: the
 median wall time of a step and samples per second, their ratios to the 1-device run, and the
 largest difference of the step's loss, the updated parameters and the samples from the 1-device
-run (the code must scale without changing results). The networks have the profile's digit shapes
-with random weights (timing does not depend on the weights).
+run (the code must scale without changing results). The networks have the profile's sizes and random
+weights (timing does not depend on the weights), the images the shape of the profile's data set.
 
 On a CPU the simulated devices share the same cores, so the ratios show the cost of partitioning,
 not a speed-up. The numbers go to ``<build dir>/results/parallel_scaling.json``
@@ -53,15 +53,16 @@ def measure(args) -> dict:
     import jax.numpy as jnp
     import optax
 
-    from ddss_lite import ddss, diffusion, nets, parallel, samplers, schedules
+    from ddss_lite import data, ddss, diffusion, nets, parallel, samplers, schedules
     from ddss_lite.profiles import get_profile
 
     P = get_profile(args.profile)
-    shape = (args.batch, 8, 8, 1)
+    image = data.image_shape(P.dataset)
+    shape = (args.batch, *image)
     net = nets.make_denoiser_net(P.digits_net, hidden=P.digits_hidden, depth=P.digits_depth)
     clf = nets.MLPClassifier()
-    init = jax.jit(lambda k: (net.init(k, jnp.zeros((1, 8, 8, 1)), jnp.zeros((1,)))["params"],
-                              clf.init(k, jnp.zeros((1, 8, 8, 1)))["params"]))
+    init = jax.jit(lambda k: (net.init(k, jnp.zeros((1, *image)), jnp.zeros((1,)))["params"],
+                              clf.init(k, jnp.zeros((1, *image)))["params"]))
     params, cparams = parallel.to_host(init(jax.random.PRNGKey(0)))
     # the zero-initialised output layer would make every sample the same: random weights there too
     params = jax.tree_util.tree_map(lambda a: a if np.any(a) else 0.05 * np.random.RandomState(1).normal(
@@ -183,7 +184,8 @@ def main(argv=None):
 
     import tempfile
 
-    from ddss_lite import paths
+    from ddss_lite import data, paths
+    from ddss_lite.profiles import get_profile
 
     configs = sorted(set(args.configs), key=CONFIGS.index)
     if "1" not in configs:
@@ -217,7 +219,8 @@ def main(argv=None):
                      cpu_count=os.cpu_count(), python=platform.python_version(),
                      jax=__import__("jax").__version__, load_average_before=load_before,
                      load_average_after=os.getloadavg()),
-        sizes=dict(profile=args.profile, batch=args.batch, K=args.K, repeats=args.repeats, image=[8, 8, 1],
+        sizes=dict(profile=args.profile, batch=args.batch, K=args.K, repeats=args.repeats,
+                   image=list(data.image_shape(get_profile(args.profile).dataset)),
                    family="ggdm", sampler="ddim"),
         configs=table, when=time.strftime("%Y-%m-%dT%H:%M:%S"))
     out = args.output or str(paths.results_dir() / "parallel_scaling.json")

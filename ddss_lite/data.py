@@ -523,6 +523,13 @@ def image_split(name: str) -> Split:
     return load_digits_split() if name == "digits" else load_cifar10(download=True)
 
 
+def image_shape(name: str) -> tuple[int, int, int]:
+    """The ``(height, width, channels)`` of one image of the data set ``name`` (one of
+    :data:`IMAGE_DATASETS`), known without loading it: ``(8, 8, 1)`` or ``(32, 32, 3)``."""
+    check_choice(name, IMAGE_DATASETS, name="dataset")
+    return DIGITS_SHAPE if name == "digits" else CIFAR10_SHAPE
+
+
 def levels(name: str) -> np.ndarray:
     """The pixel values an image data set takes, ascending (for the discretised decoder of
     :mod:`ddss_lite.elbo`): the digits' 17 levels ``v/8 - 1``, CIFAR-10's 256 levels ``u/127.5 - 1``."""

@@ -200,6 +200,13 @@ def test_cifar_layout_and_scaling(fake_cifar):
     np.testing.assert_array_equal(s.y_train, [0, 1, 1, 2, 2, 3, 3, 4, 4, 5])
     np.testing.assert_array_equal(s.y_test, [5, 6])
     assert s.x_train.min() >= -1 and s.x_train.max() <= 1
+    assert s.image_shape == data.image_shape("cifar10")
+
+
+def test_image_shape_known_without_loading():
+    assert data.image_shape("digits") == data.load_digits_split().image_shape
+    with pytest.raises(ValueError, match=r"dataset must be one of \[.cifar10., .digits.\], got .mnist."):
+        data.image_shape("mnist")
 
 
 def test_cifar_root_forms(fake_cifar, monkeypatch):
