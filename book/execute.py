@@ -135,10 +135,10 @@ def waves(nbs: list[str], *, prepared: bool = False) -> list[list[str]]:
 PREPARE = (
     "toy = pretrained.toy_model(P, dataset='checkerboard', seed=seed)\n"
     "evaluation.many_step_samples(toy, P, seed=seed)\n"
-    "psld.digits_model(P, seed=seed)\n",
-    "digits = pretrained.digits_model(P, seed=seed)\n"
-    "pretrained.digit_classifiers(P)\n"
-    "evaluation.many_step_samples(digits, P, seed=seed)\n"
+    "psld.image_model(P, seed=seed)\n",
+    "model = pretrained.image_model(P, seed=seed)\n"
+    "pretrained.image_classifiers(P)\n"
+    "evaluation.many_step_samples(model, P, seed=seed)\n"
     "psld.toy_model(P, seed=seed, steps=P.psld_toy_steps)\n",
 )
 

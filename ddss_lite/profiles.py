@@ -88,6 +88,21 @@ PROFILES = {
 }
 
 
+def describe(profile: Profile) -> str:
+    """The line a chapter prints first: the profile and the devices JAX runs it on. JAX picks the
+    backend itself (``jax.default_backend()``: a GPU or TPU when the machine has one, else the
+    CPU); the accelerator profile on a CPU gets a second line saying so."""
+    devices = jax.devices()
+    kinds = ", ".join(sorted({d.device_kind for d in devices}))
+    line = f"profile {profile.name}: {len(devices)} {jax.default_backend()} device(s) ({kinds})"
+    if profile.name == "accelerator" and jax.default_backend() == "cpu":
+        line += (f"\nno GPU or TPU found: the accelerator profile is sized for one (a {profile.digits_net} "
+                 f"trained {profile.digits_steps} steps at batch {profile.digits_batch} on {profile.dataset}) "
+                 "and will run on the CPU. In Colab, choose a GPU or TPU under Runtime > Change runtime "
+                 "type, or set profile = 'cpu'.")
+    return line
+
+
 def get_profile(name: str) -> Profile:
     """The :class:`Profile` called ``name``; raises ``ValueError`` listing the valid names."""
     if name not in PROFILES:

@@ -94,6 +94,7 @@ __all__ = [
     "make_eps_fn",
     "PSLDModel",
     "toy_model",
+    "image_model",
     "digits_model",
 ]
 
@@ -447,18 +448,26 @@ def toy_model(profile: Profile, *, dataset: str = "checkerboard", process: PSLD 
     return _train(f"psld-toy-{dataset}", module, config, sample_x, (2,), profile, process, jax.random.PRNGKey(seed))
 
 
-def digits_model(profile: Profile, *, process: PSLD | None = None, seed: int = 0,
-                 steps: int | None = None) -> PSLDModel:
-    """PSLD eps-network (the profile's MLP or U-Net) for 8x8 digits in [-1, 1] (states (B, 8, 8, 2)),
-    trained on the fixed training split; ``steps`` overrides ``profile.digits_steps``."""
+def image_model(profile: Profile, *, process: PSLD | None = None, seed: int = 0,
+                steps: int | None = None) -> PSLDModel:
+    """PSLD eps-network (the profile's MLP or U-Net) for the profile's image data set
+    (``profile.dataset``: 8x8 digits, states (B, 8, 8, 2); CIFAR-10 in the accelerator profile,
+    (B, 32, 32, 6)) in [-1, 1], trained on its fixed training split; ``steps`` overrides
+    ``profile.digits_steps``."""
     process = PSLD() if process is None else process
     steps = profile.digits_steps if steps is None else steps
-    split_ = data.load_digits_split()
-    x_train = jnp.asarray(split_.x_train)
-    config = _config("psld-digits", profile, process, hidden=profile.digits_hidden, depth=profile.digits_depth,
+    x_train = jnp.asarray(data.image_split(profile.dataset).x_train)
+    kind = f"psld-{profile.dataset}"
+    config = _config(kind, profile, process, hidden=profile.digits_hidden, depth=profile.digits_depth,
                      steps=steps, batch=profile.digits_batch, seed=seed, net=profile.digits_net,
                      n_train=int(x_train.shape[0]))
     module = nets.make_denoiser_net(profile.digits_net, hidden=profile.digits_hidden, depth=profile.digits_depth)
     sample_x = lambda k: x_train[jax.random.randint(k, (profile.digits_batch,), 0, x_train.shape[0])]
-    return _train("psld-digits", module, config, sample_x, tuple(x_train.shape[1:]), profile, process,
+    return _train(kind, module, config, sample_x, tuple(x_train.shape[1:]), profile, process,
                   jax.random.PRNGKey(seed))
+
+
+def digits_model(profile: Profile, *, process: PSLD | None = None, seed: int = 0,
+                 steps: int | None = None) -> PSLDModel:
+    """:func:`image_model` of the 8x8 digits, whatever ``profile.dataset`` says."""
+    return image_model(dataclasses.replace(profile, dataset="digits"), process=process, seed=seed, steps=steps)

@@ -67,6 +67,8 @@ def test_chapter_runs_in_smoke_profile(nb, build_dir):
     assert sum("parameters" in t for t in tags) == 1 and not any("injected-parameters" in t for t in tags)
     params = next(c for c, t in zip(executed["cells"], tags) if "parameters" in t)
     assert 'profile = "smoke"' in "".join(params["source"]), "the parameters cell shows the values used"
+    first = next(o for c in executed["cells"] for o in c.get("outputs", []) if o.get("output_type") == "stream")
+    assert "".join(first["text"]).startswith("profile smoke: "), "the first output names the profile and devices"
 
 
 def test_unknown_profile_fails_the_chapter(build_dir):
