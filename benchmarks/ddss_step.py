@@ -21,6 +21,7 @@ The numbers also go to ``<results dir>/ddss_step_<profile>.json``
     python benchmarks/ddss_step.py                          # cpu profile: batch 256, 5 repeats
     python benchmarks/ddss_step.py --quick                  # batch 64, 2 repeats
     python benchmarks/ddss_step.py --profile accelerator    # on a GPU: the CIFAR-10 U-Net, batch 1024
+    python benchmarks/ddss_step.py --profile accelerator --trace-only   # shapes only, in seconds
 """
 from __future__ import annotations
 
@@ -63,6 +64,8 @@ def main(argv=None):
     ap.add_argument("--hidden", type=int, default=None, help="network width or base channels (default: the profile's)")
     ap.add_argument("--repeats", type=int, default=None, help="timed repeats per step (default 5, 2 with --quick)")
     ap.add_argument("--output", default=None, help="JSON file (default: <results dir>/ddss_step_<profile>.json)")
+    ap.add_argument("--trace-only", action="store_true",
+                    help="trace every step with jax.eval_shape (shapes only: nothing compiled, timed or written)")
     args = ap.parse_args(argv)
     P = get_profile(args.profile)
     for name, low in (("batch", 2), ("hidden", 1), ("repeats", 1)):   # KID needs two samples
@@ -77,13 +80,45 @@ def main(argv=None):
     shape = (batch, *image)
     key = jax.random.PRNGKey(0)
     net = nets.make_denoiser_net(P.digits_net, hidden=hidden, depth=P.digits_depth)
-    params = net.init(key, jnp.zeros((1, *image)), jnp.zeros((1,)))["params"]
+
+    def init(f, *a):
+        """Random weights (one compile of the initialiser), or zeros of their shapes when only tracing."""
+        if args.trace_only:
+            return jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(f, *a))
+        return jax.jit(f)(*a)
+
+    params = init(net.init, key, jnp.zeros((1, *image)), jnp.zeros((1,)))["params"]
     denoise = diffusion.make_denoiser(nets.apply_fn(net), params, prediction="v")
     clf = pretrained.CLASSIFIERS["opt"][0]()
-    cparams = clf.init(key, jnp.zeros((1, *image)))["params"]
+    cparams = init(clf.init, key, jnp.zeros((1, *image)))["params"]
     phi = lambda x: clf.apply({"params": cparams}, x, features=True)
     real = jax.random.normal(key, (512, jax.eval_shape(phi, jnp.zeros((1, *image))).shape[-1]))
     opt = optax.adam(1e-3)
+
+    def make_step(K, remat):
+        loss = ddss.make_loss(samplers.GGDM, denoise, phi, real, shape, logsnrs=schedules.grid(K), remat=remat)
+
+        @jax.jit
+        def step(p, s, k):
+            g = jax.grad(loss)(p, k)
+            u, s = opt.update(g, s, p)
+            return optax.apply_updates(p, u), s
+
+        p0 = samplers.GGDM.init_from_ddim(K)
+        return step, p0, opt.init(p0)
+
+    sizes = dict(profile=args.profile, net=P.digits_net, hidden=hidden, image=list(image), batch=batch,
+                 repeats=repeats, family="ggdm", features=type(clf).__name__)
+    if args.trace_only:      # a check before spending GPU time: every configuration traces
+        traced = []
+        for K in args.ks:
+            for remat in (True, False):
+                step, p0, s0 = make_step(K, remat)
+                p1, _ = jax.eval_shape(step, p0, s0, key)
+                assert jax.tree_util.tree_map(lambda a: a.shape, p1) == jax.tree_util.tree_map(jnp.shape, p0)
+                traced.append((K, remat))
+        print(f"traced {len(traced)} steps ({args.profile} profile, {'x'.join(map(str, image))}, batch {batch})")
+        return dict(sizes=sizes, traced=traced)
 
     z = jax.random.normal(key, shape)
     fwd = median_time(jax.jit(lambda z: denoise(z, 0.0)), z, repeats=repeats * 4)
@@ -94,17 +129,8 @@ def main(argv=None):
     print(f"{'K':>3} {'remat':>6} {'step ms':>9} {'temp MiB':>9} {'step/(K fwd)':>13}")
     rows = {}
     for K in args.ks:
-        p0 = samplers.GGDM.init_from_ddim(K)
         for remat in (True, False):
-            loss = ddss.make_loss(samplers.GGDM, denoise, phi, real, shape, logsnrs=schedules.grid(K), remat=remat)
-
-            @jax.jit
-            def step(p, s, k):
-                g = jax.grad(loss)(p, k)
-                u, s = opt.update(g, s, p)
-                return optax.apply_updates(p, u), s
-
-            s0 = opt.init(p0)
+            step, p0, s0 = make_step(K, remat)
             m = step.lower(p0, s0, key).compile().memory_analysis()
             temp = m.temp_size_in_bytes / 2**20
             t = median_time(step, p0, s0, key, repeats=repeats)
@@ -126,8 +152,7 @@ def main(argv=None):
     record = dict(
         device=dict(platform=dev.platform, device_kind=dev.device_kind, device_count=jax.device_count(),
                     processor=platform.processor() or platform.machine(), jax=jax.__version__),
-        sizes=dict(profile=args.profile, net=P.digits_net, hidden=hidden, image=list(image), batch=batch,
-                   repeats=repeats, family="ggdm", features=type(clf).__name__),
+        sizes=sizes,
         forward_ms=fwd * 1e3, forwards_per_s=1 / fwd, images_per_s=batch / fwd,
         rows=list(rows.values()), remat_over_no_remat={str(K): v for K, v in ratios.items()},
         when=time.strftime("%Y-%m-%dT%H:%M:%S"))
