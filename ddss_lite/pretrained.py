@@ -66,7 +66,8 @@ def _train_denoiser(name, module, config, sample_x, x_shape, profile, key):
                                               prediction="v", weighting="v")
     loss_fn = lambda p, k: denoising(p, sample_x(jax.random.fold_in(k, 1)), jax.random.fold_in(k, 2))
     k_init, k_train = jax.random.split(key)
-    init = lambda: module.init(k_init, jnp.zeros((1, *x_shape)), jnp.zeros((1,)))["params"]
+    # jitted: one compile instead of one per operation (the same weights, bit for bit, as op by op)
+    init = lambda: jax.jit(module.init)(k_init, jnp.zeros((1, *x_shape)), jnp.zeros((1,)))["params"]
     steps = config["steps"]
     state = load_or_train(name, config, init, loss_fn, cache_dir=paths.cache_dir(),
                           optimizer=adam(profile, steps), ema_decay=0.999 if steps >= 2000 else 0.9,
@@ -142,7 +143,7 @@ def image_classifiers(profile: Profile) -> dict[str, FeatureMap]:
             return optax.softmax_cross_entropy_with_integer_labels(logits, y[idx]).mean()
 
         key = jax.random.PRNGKey(seed)
-        init = lambda module=module, key=key: module.init(key, x[:1])["params"]
+        init = lambda module=module, key=key: jax.jit(module.init)(key, x[:1])["params"]
         state = load_or_train(f"classifier-{role}", config, init, loss_fn, cache_dir=paths.cache_dir(),
                               optimizer=optax.adam(1e-3), ema_decay=0.0,
                               ckpt_every=max(100, profile.classifier_steps), key=jax.random.fold_in(key, 1))
