@@ -13,6 +13,7 @@ Import with ``from conftest import GaussianData`` (pytest puts ``tests/`` on ``s
 """
 import dataclasses
 import os
+import pickle
 
 import jax.numpy as jnp
 import numpy as np
@@ -127,3 +128,11 @@ def counting_denoiser(calls: dict, name: str, denoise):
         return denoise(z, logsnr)
 
     return counted
+
+
+def write_cifar_batch(path, img, labels):
+    """One batch file of the "CIFAR-10 python version": ``img`` (n, 32, 32, 3) uint8 stored as
+    channel-major rows of 3072 bytes, as in the archive."""
+    rows = img.transpose(0, 3, 1, 2).reshape(len(img), 3072)
+    with open(path, "wb") as f:
+        pickle.dump({b"batch_label": b"fake", b"labels": list(labels), b"data": rows}, f)

@@ -6,7 +6,6 @@ training replaced by a trace: each training loss is traced on its real batches w
 ``jax.eval_shape`` (shapes checked, nothing compiled) and the models get zero weights. The U-Net's
 training and sampling themselves run in test_unet_paths.py; the digits keep their cache keys."""
 import dataclasses
-import pickle
 import types
 
 import jax
@@ -14,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import write_cifar_batch
 from ddss_lite import data, pretrained, psld
 from ddss_lite.profiles import describe, get_profile
 
@@ -48,9 +48,7 @@ def cifar_profile(tmp_path_factory):
         y = np.arange(10)
         colour = np.stack([y * 25, 255 - y * 25, (y * 77) % 256], -1)[:, None, None, :]
         img = np.clip(colour + rng.normal(0, 30, (10, 32, 32, 3)), 0, 255).astype(np.uint8)
-        with open(d / name, "wb") as f:
-            pickle.dump({b"batch_label": b"tiny", b"labels": y.tolist(),
-                         b"data": img.transpose(0, 3, 1, 2).reshape(10, 3072)}, f)
+        write_cifar_batch(d / name, img, y.tolist())
     mp = pytest.MonkeyPatch()
     mp.setenv(data.CIFAR10_ENV, str(root))
     yield dataclasses.replace(get_profile("accelerator"), digits_hidden=8)

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import write_cifar_batch
 from ddss_lite import data
 
 KEY = jax.random.PRNGKey(0)
@@ -158,12 +159,6 @@ def _images(n, seed):
     return np.random.default_rng(seed).integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
 
 
-def _write_batch(path, img, labels):
-    rows = img.transpose(0, 3, 1, 2).reshape(len(img), 3072)  # CHW row-major, as the archive
-    with open(path, "wb") as f:
-        pickle.dump({b"batch_label": b"fake", b"labels": list(labels), b"data": rows}, f)
-
-
 @pytest.fixture
 def fake_cifar(tmp_path):
     """Tiny CIFAR-10 python version: 2 images in each of the 6 batch files."""
@@ -176,7 +171,7 @@ def fake_cifar(tmp_path):
             img[0] = 0
             img[0, 1, 2, 0] = 255
             img[0, 3, 4, 1] = 255
-        _write_batch(d / name, img, [i % 10, (i + 1) % 10])
+        write_cifar_batch(d / name, img, [i % 10, (i + 1) % 10])
         imgs[name] = img
     return tmp_path, imgs
 
