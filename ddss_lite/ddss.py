@@ -39,6 +39,7 @@ import numpy as np
 import optax
 from flax import serialization
 from ddss_lite import chain, metrics, parallel, progress, samplers, store
+from ddss_lite.models import as_denoiser
 from ddss_lite.validate import check_choice, check_finite, check_K
 
 log = logging.getLogger(__name__)
@@ -63,10 +64,14 @@ class SearchResult:
     eval_steps: np.ndarray
     eval_values: np.ndarray
 
-    def sample(self, denoise: Callable, key, shape: tuple, **kwargs):
-        """``samplers.get_family(family).sample(params, denoise, key, shape, logsnrs=logsnrs, ...)``."""
-        return samplers.get_family(self.family).sample(self.params, denoise, key, shape, logsnrs=self.logsnrs,
-                                                       **kwargs)
+    def sampler(self) -> samplers.BoundFamily:
+        """The found sampler, bound to its params and grid: ``result.sampler()(model, key, shape)``."""
+        return samplers.get_family(self.family).bind(self.params, self.logsnrs)
+
+    def sample(self, denoise, key, shape: tuple, **kwargs):
+        """``self.sampler()(denoise, key, shape, ...)``: ``denoise`` a :class:`ddss_lite.Model` or a bare
+        ``denoise(z, logsnr)``."""
+        return self.sampler()(denoise, key, shape, **kwargs)
 
 
 LOSSES = {"linear": metrics.kid_linear_loss, "cubic": lambda f, r: metrics.kid(f, r, kernel="cubic")}
@@ -142,7 +147,9 @@ def search(family, denoise: Callable, phi: Callable, real_feats, *, K: int, shap
 
     Args:
       family: :class:`ddss_lite.samplers.GGDM` or :class:`~ddss_lite.samplers.RDDIM` (or a name).
-      denoise: the pre-trained ``denoise(z, logsnr) -> x_hat``.
+      denoise: the pre-trained model: a :class:`ddss_lite.Model` (then ``logsnrs`` defaults to its
+        default grid, a continuous one with ``learn_logsnrs``, and a given grid must lie in its
+        ``logsnr_range``) or a bare ``denoise(z, logsnr) -> x_hat``.
       phi: feature map ``x -> (N, d)`` the loss is computed in (the *optimisation* features).
       real_feats: ``(M, d)`` features of real data (with ``mesh``, possibly a global array split over
         it, from :func:`ddss_lite.parallel.global_batch` of each process's rows).
@@ -184,7 +191,10 @@ def search(family, denoise: Callable, phi: Callable, real_feats, *, K: int, shap
     check_choice(kernel, KERNELS, name="kernel")
     real_host = parallel.to_host(real_feats)    # a global array (parallel.global_batch) gathered, for checks
     check_finite(real_host, name="real_feats")
-    logsnrs = samplers._family_grid(K, logsnrs)
+    denoise, model = as_denoiser(denoise, name="denoise")
+    if model is not None:
+        logsnrs = samplers.resolve_grid(model, K, logsnrs=logsnrs, data_end=not learn_logsnrs)
+    logsnrs = samplers.family_grid(K, logsnrs)
     if init_params is None:
         init_params = family.init_from_ddim(K, logsnrs=logsnrs, **({"learn_logsnrs": True} if learn_logsnrs else {}))
     elif family.num_steps(init_params) != K:

@@ -28,7 +28,7 @@ Data parallel: ``distill_round(..., mesh=parallel.mesh())`` (and ``progressive_d
 splits each step's batch over the mesh's devices by rows and computes the loss of the global
 batch; XLA reduces the gradient (:func:`make_distillation_loss`, :mod:`ddss_lite.parallel`).
 
-Result: :class:`~ddss_lite.pretrained.Pretrained` students whose ``denoiser()`` plugs into the
+Result: students (:class:`ddss_lite.Model`, the teacher's network with new params) that plug into the
 samplers: sample an N-step student with ``samplers.ddim(student.denoiser(), key, shape,
 logsnrs=schedules.grid(N))`` (NFE = N).
 """
@@ -46,7 +46,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ddss_lite import diffusion, nets, parallel, paths, schedules, store, train
+from ddss_lite import diffusion, grids, parallel, paths, schedules, store, train
+from ddss_lite.models import Model, check_model
 from ddss_lite.pretrained import Pretrained
 from ddss_lite.schedules import alpha_sigma
 from ddss_lite.validate import check_choice, check_K
@@ -119,13 +120,21 @@ class RoundGrid(NamedTuple):
     logsnr_s: jax.Array
 
 
-def round_grid(N: int) -> RoundGrid:
-    """The student's N-step grid and the teacher's 2N-step grid (:func:`ddss_lite.schedules.grid`),
-    checked to nest exactly (``grid(2N)[::2] == grid(N)`` bit for bit), so the student is trained on
-    the very log-SNRs it is sampled with."""
+def student_grid(N: int, model=None):
+    """The (N+1,) grid an N-step student is trained and sampled on: even in its teacher's schedule time,
+    ``grids.time_uniform(N, model)`` (for the book's models ``schedules.grid(N)``, the same bit for bit);
+    without a model, ``schedules.grid(N)``."""
+    N = check_K(N, name="N")
+    return schedules.grid(N) if model is None else grids.time_uniform(N, check_model(model, name="teacher"))
+
+
+def round_grid(N: int, model=None) -> RoundGrid:
+    """The student's N-step grid and the teacher's 2N-step grid (:func:`student_grid` on ``model``'s
+    schedule), checked to nest exactly (``grid(2N)[::2] == grid(N)`` bit for bit), so the student is
+    trained on the very log-SNRs it is sampled with."""
     N = check_K(N, name="N")
     with jax.ensure_compile_time_eval():     # concrete host values even when called under a trace
-        student, teacher = np.asarray(schedules.grid(N)), np.asarray(schedules.grid(2 * N))
+        student, teacher = np.asarray(student_grid(N, model)), np.asarray(student_grid(2 * N, model))
     if not np.array_equal(teacher[::2], student):
         worst = float(np.max(np.abs(teacher[::2] - student)))
         raise ValueError(f"N: the teacher's grid(2N = {2 * N}) does not contain the student's grid(N = {N}) "
@@ -153,14 +162,15 @@ def _data_id(data) -> str:
 
 
 def make_distillation_loss(teacher, student_apply, *, N: int, data, batch: int, prediction: str = "v",
-                           weighting: str = "snr_trunc"):
+                           weighting: str = "snr_trunc", grid: RoundGrid | None = None):
     """``loss(student_params, key)``: the Monte-Carlo distillation loss of a round with an N-step student.
 
     ``teacher`` is a denoiser ``(z, logsnr) -> x_hat`` (its params closed over); ``student_apply(params,
     z, logsnr)`` the student network, whose output is read as ``prediction`` (``"v"`` or ``"x"``).
     Per example: ``j ~ U{0..N-1}`` (student step), ``x`` from ``data``, ``eps ~ N(0, I)``, ``z_t`` at
     ``grid(N)[j]``, the target of :func:`distillation_target` (``last = j == N - 1``), and
-    ``w(lambda_t) mean((x_target - x_hat)^2)`` with ``w = diffusion.weight_fn(weighting)``.
+    ``w(lambda_t) mean((x_target - x_hat)^2)`` with ``w = diffusion.weight_fn(weighting)``. ``grid``:
+    the round's :class:`RoundGrid` (default ``round_grid(N)``, the book's cosine grid).
 
     Traced under a device mesh (:func:`ddss_lite.parallel.use_mesh`; ``distill_round(mesh=)`` does
     this), the examples are split over the devices by rows after the randomness is drawn at the
@@ -174,7 +184,7 @@ def make_distillation_loss(teacher, student_apply, *, N: int, data, batch: int, 
     batch = check_K(batch, name="batch")
     weight = diffusion.weight_fn(weighting)
     to_x = diffusion.to_x_hat(prediction)
-    grid = round_grid(N)
+    grid = round_grid(N) if grid is None else grid
     sample_x = _data_sampler(data, batch)
 
     def loss(params, key):
@@ -228,12 +238,22 @@ class RoundCost:
 
 
 class Round(NamedTuple):
-    student: Pretrained
+    student: Model
     cost: RoundCost
 
 
-def _check_prediction(teacher: Pretrained, student_prediction):
-    check_choice(teacher.prediction, diffusion.PREDICTIONS, name="prediction (the teacher's)")
+def _check_teacher(teacher):
+    check_model(teacher, name="teacher")
+    if teacher.params is None:
+        raise TypeError(f"teacher: distillation trains a copy of the teacher's network, but {teacher.name!r} "
+                        "exposes none (make the model with ddss_lite.models.from_network(apply, params, ...))")
+    return teacher
+
+
+def _check_prediction(teacher, student_prediction):
+    _check_teacher(teacher)
+    check_choice(teacher.prediction, diffusion.PREDICTIONS, name="prediction (the teacher's; distillation reads "
+                 "the network's output as eps, x or v)")
     pred = teacher.prediction if student_prediction is None else student_prediction
     if pred == "eps":
         raise ValueError(
@@ -250,7 +270,11 @@ def _check_lr(lr) -> float:
     return float(lr)
 
 
-def round_config(teacher: Pretrained, student_init, N: int, *, steps: int, batch: int, lr: float,
+def _is_book_schedule(model) -> bool:
+    return model.schedule.describe() == schedules.Cosine().describe()
+
+
+def round_config(teacher, student_init, N: int, *, steps: int, batch: int, lr: float,
                  weighting: str, prediction: str, data) -> dict:
     """Everything that determines a round's result except the key (which :func:`ddss_lite.train.run_config`
     adds with the probes of the loss and the optimiser): the teacher (name, parameterisation, params
@@ -258,9 +282,10 @@ def round_config(teacher: Pretrained, student_init, N: int, *, steps: int, batch
     weighting, the data and the grid's definition."""
     return dict(format=FORMAT, kind="distill", teacher=teacher.name, teacher_prediction=teacher.prediction,
                 teacher_sha256=store.array_digest(teacher.params), student_init_sha256=store.array_digest(student_init),
-                module=repr(teacher.module), prediction=prediction, N=int(N), steps=int(steps), batch=int(batch),
+                module=teacher.network_id(), prediction=prediction, N=int(N), steps=int(steps), batch=int(batch),
                 lr=float(lr), weighting=weighting, grad_clip=GRAD_CLIP, data=_data_id(data),
-                grid="schedules.grid(N), cosine, even in t")
+                grid=("schedules.grid(N), cosine, even in t" if _is_book_schedule(teacher) else
+                      f"grids.time_uniform(N) on {json.dumps(teacher.schedule.describe(), sort_keys=True)}"))
 
 
 def _steps_done(path: pathlib.Path, params, optimizer, steps: int, config: dict) -> int:
@@ -273,7 +298,7 @@ def _steps_done(path: pathlib.Path, params, optimizer, steps: int, config: dict)
         return 0
 
 
-def _root_name(model: Pretrained) -> str:
+def _root_name(model) -> str:
     """The original model's name: ``digits`` for ``digits`` and for its students ``digits-distilled-N``."""
     return model.name.split("-distilled-")[0]
 
@@ -282,11 +307,17 @@ def _cost_path(ckpt: pathlib.Path) -> pathlib.Path:
     return ckpt.with_name(ckpt.name + ".cost.json")
 
 
-def distill_round(teacher: Pretrained, student_init: dict | None, N: int, *, data, steps: int, batch: int,
+def distill_round(teacher, student_init: dict | None, N: int, *, data, steps: int, batch: int,
                   lr: float, key, weighting: str = "snr_trunc", student_prediction: str | None = None,
                   cache_dir=None, checkpoint: bool = True, ckpt_every: int | None = None,
                   desc: str | None = None, mesh=None) -> Round:
     """Distil ``teacher`` (DDIM on ``grid(2N)``) into an N-step student (DDIM on ``grid(N)``).
+
+    ``teacher``: any :class:`ddss_lite.Model` that exposes its network (``params``, ``net_apply``,
+    ``prediction`` eps, x or v: the book's models, :func:`ddss_lite.models.from_network`); the grids are
+    even in its schedule's time (:func:`student_grid`), and the student is the same network with the
+    distilled params (``teacher.with_params``), sampled with ``samplers.get("ddim")(student, key, shape,
+    logsnrs=student_grid(N, teacher))``.
 
     ``student_init``: the student's initial params (``None``: the teacher's, as in the paper).
     ``data``: an array of training examples (rows drawn with replacement) or a callable ``(key, n) -> x``.
@@ -305,8 +336,8 @@ def distill_round(teacher: Pretrained, student_init: dict | None, N: int, *, dat
     lr = _check_lr(lr)
     prediction = _check_prediction(teacher, student_prediction)
     student_init = teacher.params if student_init is None else student_init
-    loss_fn = make_distillation_loss(teacher.denoiser(), nets.apply_fn(teacher.module), N=N, data=data,
-                                     batch=batch, prediction=prediction, weighting=weighting)
+    loss_fn = make_distillation_loss(teacher.denoise, teacher.net_apply, N=N, data=data, batch=batch,
+                                     prediction=prediction, weighting=weighting, grid=round_grid(N, teacher))
     optimizer = make_optimizer(lr, steps)
     config = round_config(teacher, student_init, N, steps=steps, batch=batch, lr=lr, weighting=weighting,
                           prediction=prediction, data=data)
@@ -340,10 +371,14 @@ def distill_round(teacher: Pretrained, student_init: dict | None, N: int, *, dat
                   else {"wall_s": None, "steps_timed": 0})
     cost = RoundCost(N=N, steps=steps, batch=batch, teacher_evals=2 * steps * batch, student_evals=steps * batch,
                      wall_s=record["wall_s"], steps_timed=int(record["steps_timed"]), from_cache=not timed)
-    student = Pretrained(name=f"{_root_name(teacher)}-distilled-{N}", module=teacher.module, params=state.params,
-                         losses=parallel.to_host(state.losses),
-                         config=dict(config, key=np.asarray(jax.random.key_data(key)).tolist()), prediction=prediction,
-                         data_shape=teacher.data_shape)
+    name = f"{_root_name(teacher)}-distilled-{N}"
+    if isinstance(teacher, Pretrained):
+        student = Pretrained(name=name, module=teacher.module, params=state.params,
+                             losses=parallel.to_host(state.losses),
+                             config=dict(config, key=np.asarray(jax.random.key_data(key)).tolist()),
+                             prediction=prediction, data_shape=teacher.data_shape)
+    else:
+        student = teacher.with_params(state.params, name=name, prediction=prediction)
     return Round(student, cost)
 
 
@@ -356,12 +391,16 @@ class Distillation:
     ``N_start`` steps), ``students[N]`` for every N reached (N_start/2, ..., N_end) and each round's
     :class:`RoundCost`, in order."""
 
-    teacher: Pretrained
+    teacher: Model
     students: dict
     costs: tuple
 
+    def grid(self, N: int):
+        """The (N+1,) grid the N-step student (or the teacher, at ``N_start``) is sampled on."""
+        return student_grid(N, self.teacher)
+
     @property
-    def final(self) -> Pretrained:
+    def final(self) -> Model:
         """The student with the fewest steps (the teacher itself when no round ran)."""
         return self.students[min(self.students)] if self.students else self.teacher
 
@@ -388,7 +427,7 @@ def halving_schedule(N_start: int, N_end: int = 1) -> list[int]:
     return [N_start >> k for k in range(1, ratio.bit_length())]
 
 
-def progressive_distillation(model: Pretrained, N_start: int, N_end: int = 1, *, data, steps_per_round,
+def progressive_distillation(model, N_start: int, N_end: int = 1, *, data, steps_per_round,
                              batch: int, lr: float, key, weighting: str = "snr_trunc",
                              student_prediction: str | None = None, cache_dir=None, checkpoint: bool = True,
                              ckpt_every: int | None = None, mesh=None) -> Distillation:

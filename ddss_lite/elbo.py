@@ -72,6 +72,8 @@ from jax import lax
 from ddss_lite.data import DIGITS_LEVELS, from_levels
 from ddss_lite.diffusion import q_sample
 from ddss_lite.dp import OptimalPaths, check_path, optimal_paths
+from ddss_lite.grids import check_in_range
+from ddss_lite.models import as_denoiser, check_model
 from ddss_lite.schedules import LOGSNR_MIN, alpha_sigma, logsnr_cosine
 from ddss_lite.validate import check_finite, check_increasing, check_K, check_shape
 
@@ -439,10 +441,42 @@ class ELBOTerms:
         return OptimalPaths(nats_to_bpd(res.costs + extra, self.dim), res.paths)
 
 
-def elbo_terms(denoise, x, key, logsnrs, *, levels=DIGIT_LEVELS) -> ELBOTerms:
+def model_grid(model, T: int | None = None) -> np.ndarray:
+    """The grid the ELBO of ``model`` (a :class:`ddss_lite.Model`) is estimated on, as float64: on a
+    discrete schedule its own T timesteps (``lambda_{T-1} < ... < lambda_0``, every step a network
+    step of DDPM's bound, the last point the decoder's), on a continuous one ``T`` steps even in the
+    schedule's time across ``model.logsnr_range`` (T required)."""
+    check_model(model)
+    if model.schedule.kind == "discrete":
+        if T is not None and T != model.schedule.T:
+            raise ValueError(f"T: a discrete model's grid is its own {model.schedule.T} timesteps, got T={T}")
+        return check_logsnrs(model.schedule.logsnr_table[::-1].copy())
+    if T is None:
+        raise ValueError("T (grid steps) is required for a model on a continuous schedule")
+    T = check_K(T, name="T")
+    t_lo, t_hi = model.schedule.t_range
+    lam = np.asarray(model.schedule.logsnr(t_lo + (t_hi - t_lo) * np.linspace(1.0, 0.0, T + 1)), np.float64)
+    lam[0], lam[-1] = model.logsnr_range
+    return check_logsnrs(lam)
+
+
+def _denoiser_and_grid(denoise, logsnrs):
+    fn, model = as_denoiser(denoise, name="denoise")
+    if logsnrs is None:
+        if model is None:
+            raise ValueError("logsnrs is required with a bare denoise function (a Model has its own grid)")
+        return fn, model_grid(model)
+    if model is not None:
+        check_in_range(logsnrs, model)
+    return fn, logsnrs
+
+
+def elbo_terms(denoise, x, key, logsnrs=None, *, levels=DIGIT_LEVELS) -> ELBOTerms:
     """Estimate every term of the bound: T + 1 network passes on the batch ``x`` (entries on
     ``levels``), the closed-form prior at ``logsnrs[0]``, the exact decoder term at every grid
-    point (no network pass)."""
+    point (no network pass). ``denoise`` is a :class:`ddss_lite.Model` or a bare ``denoise(z, logsnr)``;
+    for a model ``logsnrs`` defaults to :func:`model_grid` (and a given grid must lie in its range)."""
+    denoise, logsnrs = _denoiser_and_grid(denoise, logsnrs)
     lam = check_logsnrs(logsnrs)
     xf = _per_example_dims(x)
     if xf.shape[0] < 2:
@@ -453,7 +487,7 @@ def elbo_terms(denoise, x, key, logsnrs, *, levels=DIGIT_LEVELS) -> ELBOTerms:
                      recon_tb=recon_tb, dim=xf.shape[1])
 
 
-def estimate_nelbo_bpd(denoise, x, key, logsnrs, *, path=None, levels=DIGIT_LEVELS) -> float:
+def estimate_nelbo_bpd(denoise, x, key, logsnrs=None, *, path=None, levels=DIGIT_LEVELS) -> float:
     """Negative ELBO in bits/dim of ``path`` (default: every grid step, ``0, 1, ..., T``) for the
     model ``denoise`` on the batch ``x``: :func:`elbo_terms` then :func:`nelbo_bpd`."""
     terms = elbo_terms(denoise, x, key, logsnrs, levels=levels)

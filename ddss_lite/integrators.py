@@ -418,10 +418,11 @@ def registry() -> dict:
 
     return {
         "lambda_ddim": Sampler("lambda_ddim", lambda_ddim, nfe,
-                               "Pandey et al. 2024, conjugate integrator with B_t = lambda I (lambda-DDIM)"),
+                               "Pandey et al. 2024, conjugate integrator with B_t = lambda I (lambda-DDIM)",
+                               lambda o: False),
         "conjugate_poly": Sampler("conjugate_poly", conjugate_poly, nfe,
                                   "Pandey et al. 2024 (B_t = lambda I) with polynomial eps, as DEIS "
-                                  "(Zhang & Chen 2023)"),
+                                  "(Zhang & Chen 2023)", lambda o: False),
     }
 
 

@@ -23,15 +23,21 @@ import optax
 
 from ddss_lite import data, diffusion, nets, paths, schedules
 from ddss_lite.features import FeatureMap, classifier_features
+from ddss_lite.models import Model
 from ddss_lite.profiles import Profile
 from ddss_lite.train import load_or_train
 
 FORMAT = 1  # bump to invalidate every cache entry when training code changes meaning
 
 
+BOOK_SCHEDULE = schedules.Cosine()
+"""The schedule every network of the book is trained on: cosine, log-SNR clipped to [-20, 20]."""
+
+
 @dataclasses.dataclass(frozen=True)
-class Pretrained:
-    """A trained denoising network: EMA params, its loss curve and the config it was trained with."""
+class Pretrained(Model):
+    """A network the book trained: a :class:`ddss_lite.Model` on :data:`BOOK_SCHEDULE`, called on the
+    log-SNR itself, with its EMA params, loss curve and the config it was trained with."""
 
     name: str
     module: nn.Module
@@ -51,6 +57,20 @@ class Pretrained:
             self._denoisers[clip] = diffusion.make_denoiser(nets.apply_fn(self.module), self.params,
                                                             prediction=self.prediction, clip=clip)
         return self._denoisers[clip]
+
+    @property
+    def schedule(self):
+        return BOOK_SCHEDULE
+
+    def net_apply(self, params, z, logsnr):
+        logsnr_b = jnp.broadcast_to(jnp.asarray(logsnr, z.dtype), z.shape[:1])
+        return nets.apply_fn(self.module)(params, z, logsnr_b)
+
+    def with_params(self, params, *, name: str | None = None, **changes) -> "Pretrained":
+        return dataclasses.replace(self, params=params, name=self.name if name is None else name, **changes)
+
+    def network_id(self) -> str:
+        return repr(self.module)
 
 
 def adam(profile: Profile, steps: int):

@@ -34,13 +34,15 @@ error comes through ``jax.debug.callback``).
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ddss_lite import chain
+from ddss_lite import chain, grids
+from ddss_lite.models import as_denoiser
 from ddss_lite.schedules import alpha_sigma, grid
 from ddss_lite.validate import check_finite, check_K, check_shape
 
@@ -55,9 +57,13 @@ __all__ = [
     "RDDIM",
     "GGDM",
     "Sampler",
+    "BoundFamily",
     "SAMPLERS",
     "FAMILIES",
+    "get",
     "get_sampler",
+    "steps",
+    "steps_for_nfe",
     "get_family",
     "nfe",
 ]
@@ -148,10 +154,11 @@ def ddim(denoise, key, shape, *, logsnrs, eta=0.0, remat: bool = True, return_tr
 
     ``c = eta * sqrt(sigma_{t|s}^2 sigma_s^2 / sigma_t^2)`` (see :func:`ddim_coefficients`);
     ``eta = 0`` is deterministic DDIM, ``eta = 1`` is DDPM ancestral sampling.
-    Song et al. 2021 (DDIM), eq. 12 and 16. NFE = K.
+    Song et al. 2021 (DDIM), eq. 12 and 16. NFE = K. The grid may end at the data (``+inf``, a
+    discrete grid of :mod:`ddss_lite.grids`): the last step then returns ``x_hat`` (``mu = 1, nu = c = 0``).
     """
     z0, key_steps, dtype = chain.setup(key, shape, z_init, dtype)
-    logsnrs = chain.check_logsnrs(logsnrs, dtype)
+    logsnrs = chain.check_logsnrs(logsnrs, dtype, data_end=True)
     _check_eta(eta)
     mu, nu, c = ddim_coefficients(logsnr_t=logsnrs[:-1], logsnr_s=logsnrs[1:], eta=eta)
     stochastic = not (chain.is_concrete(eta) and float(eta) == 0.0)
@@ -195,10 +202,11 @@ def dpm_solver_pp_2m(denoise, key, shape, *, logsnrs, lower_order_final: bool = 
     0.70 / 0.25 / 0.069 at K = 10 / 20 / 40, of the first-order one 0.040 / 0.0033 / 0.0051: the
     latter is two error terms of opposite sign (the last step's, negative, and the interior's,
     positive) that cancel near K = 18, so its magnitude is not monotone between K = 15 and 30,
-    and it stays below DDIM's at every K. NFE = K.
+    and it stays below DDIM's at every K. NFE = K. A grid ending at the data (``+inf``) needs
+    ``lower_order_final`` (its last step, of infinite length in ``l``, is then DDIM's, returning ``x_hat``).
     """
     z0, key_steps, dtype = chain.setup(key, shape, z_init, dtype)
-    logsnrs = chain.check_logsnrs(logsnrs, dtype)
+    logsnrs = chain.check_logsnrs(logsnrs, dtype, data_end=lower_order_final)
     logsnr_t, logsnr_s = logsnrs[:-1], logsnrs[1:]
     alpha_s, sigma_s = alpha_sigma(logsnr_s)
     _, sigma_t = alpha_sigma(logsnr_t)
@@ -253,14 +261,15 @@ def heun(denoise, key, shape, *, logsnrs, first_euler: bool = True, last_euler: 
     NFE = number of steps + number of Heun steps (:func:`heun_nfe`).
     """
     z0, key_steps, dtype = chain.setup(key, shape, z_init, dtype)
-    logsnrs = chain.check_logsnrs(logsnrs, dtype)
+    logsnrs = chain.check_logsnrs(logsnrs, dtype, data_end=last_euler)
     K = logsnrs.shape[0] - 1
     logsnr_t, logsnr_s = logsnrs[:-1], logsnrs[1:]
     mu, nu, _ = ddim_coefficients(logsnr_t=logsnr_t, logsnr_s=logsnr_s, eta=0.0)
     alpha_t, sigma_t = alpha_sigma(logsnr_t)
     alpha_s, sigma_s = alpha_sigma(logsnr_s)
-    corr = -0.5 * sigma_s * jnp.expm1(0.5 * (logsnr_s - logsnr_t))
     flags = _heun_flags(K, first_euler, last_euler)
+    # 0 on the Euler steps (on a last step to the data it would be 0 * inf)
+    corr = jnp.where(jnp.asarray(flags), -0.5 * sigma_s * jnp.expm1(0.5 * (logsnr_s - logsnr_t)), 0.0)
     if chain.is_concrete(logsnrs):
         with np.errstate(over="ignore"):
             sig = np.sqrt(1.0 / (1.0 + np.exp(np.asarray(logsnrs).astype(np.dtype(dtype)))))  # sigma, in dtype
@@ -312,12 +321,21 @@ def heun_steps_for_budget(nfe: int, **options) -> int:
 # whatever the optimiser does (weight decay included), because they are not in the pytree.
 
 
-def _family_grid(K, logsnrs):
+def family_grid(K, logsnrs):
+    """A family's (K+1,) grid: ``logsnrs`` checked (default ``schedules.grid(K)``)."""
     K = check_K(K)
     logsnrs = grid(K) if logsnrs is None else logsnrs
-    logsnrs = chain.check_logsnrs(logsnrs)
+    logsnrs = chain.check_logsnrs(logsnrs, data_end=True)
     check_shape(logsnrs, (K + 1,), name="logsnrs")
     return logsnrs
+
+
+def _check_learnable_ends(logsnrs):
+    """Learned timesteps interpolate between the grid's ends: both must be finite."""
+    if chain.is_concrete(logsnrs) and not np.all(np.isfinite(np.asarray(logsnrs)[[0, -1]])):
+        raise ValueError("logsnrs: learned timesteps (learn_logsnrs / logsnr_logits) lie between the grid's two "
+                         "ends, which must be finite; this grid ends at the data (+inf): use a continuous grid "
+                         "of ddss_lite.grids")
 
 
 def _check_keys(params, keys, family: str):
@@ -346,7 +364,7 @@ def _family_setup(params, logsnrs, shapes, family, key, shape, z_init, dtype):
     K = check_K(_num_steps(params), name=f"K ({family} params['c'] length)")
     _check_params(params, shapes(K), family)
     z0, key_steps, dtype = chain.setup(key, shape, z_init, dtype)
-    logsnrs = chain.check_logsnrs(logsnrs, dtype)
+    logsnrs = chain.check_logsnrs(logsnrs, dtype, data_end=True)
     check_shape(logsnrs, (K + 1,), name=f"logsnrs (K + 1 = {K + 1} points for {family} params of K = {K} steps)")
     return K, z0, key_steps, dtype, logsnrs
 
@@ -364,7 +382,7 @@ class RDDIM:
     @staticmethod
     def init_from_ddim(K: int, *, logsnrs=None, eta=0.0) -> dict:
         """Params reproducing :func:`ddim` (``eta``) on ``logsnrs`` (default ``schedules.grid(K)``)."""
-        logsnrs = _family_grid(K, logsnrs)
+        logsnrs = family_grid(K, logsnrs)
         _check_eta(eta)
         mu, nu, c = ddim_coefficients(logsnr_t=logsnrs[:-1], logsnr_s=logsnrs[1:], eta=eta)
         return {"mu": mu, "nu": nu, "c": c}
@@ -399,6 +417,11 @@ class RDDIM:
     def nfe(K: int) -> int:
         return check_K(K)
 
+    @classmethod
+    def bind(cls, params, logsnrs=None) -> "BoundFamily":
+        """These params as a sampler called like every other (:class:`BoundFamily`), on ``logsnrs`` if given."""
+        return BoundFamily(cls, params, logsnrs)
+
 
 class GGDM:
     """Generalized Gaussian Diffusion Models: a non-Markovian sampler family over the whole history.
@@ -430,11 +453,12 @@ class GGDM:
         interior is stored as ``logsnr_logits = log(diff(logsnrs) / (hi - lo))`` (reproduced to
         float rounding); sample with the same ``logsnrs`` (its ends are used).
         """
-        logsnrs = _family_grid(K, logsnrs)
+        logsnrs = family_grid(K, logsnrs)
         _check_eta(eta)
         mu, nu, c = ddim_coefficients(logsnr_t=logsnrs[:-1], logsnr_s=logsnrs[1:], eta=eta)
         params = {"mu": jnp.diag(mu), "nu": jnp.diag(nu), "c": c}
         if learn_logsnrs:
+            _check_learnable_ends(logsnrs)
             params["logsnr_logits"] = jnp.log(jnp.diff(logsnrs) / (logsnrs[-1] - logsnrs[0]))
         return params
 
@@ -469,6 +493,8 @@ class GGDM:
             return {"mu": (K, K), "nu": (K, K), "c": (K,), **({"logsnr_logits": (K,)} if learned else {})}
 
         K, z0, key_steps, dtype, logsnrs = _family_setup(params, logsnrs, shapes, "GGDM", key, shape, z_init, dtype)
+        if learned:
+            _check_learnable_ends(logsnrs)
         lam = GGDM.logsnrs(params, logsnrs)
         tril = jnp.tril(jnp.ones((K, K), dtype))
         mu = jnp.asarray(params["mu"], dtype) * tril
@@ -502,21 +528,148 @@ class GGDM:
     def nfe(K: int) -> int:
         return check_K(K)
 
+    @classmethod
+    def bind(cls, params, logsnrs=None) -> "BoundFamily":
+        """These params as a sampler called like every other (:class:`BoundFamily`), on ``logsnrs`` if given."""
+        return BoundFamily(cls, params, logsnrs)
+
 
 # --------------------------------------------------------------------------- registry
 
 
+def _nfe_options(nfe_fn, options: dict) -> dict:
+    """The entries of ``options`` that ``nfe_fn`` takes (e.g. Heun's ``first_euler``/``last_euler``)."""
+    params = inspect.signature(nfe_fn).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return {}
+    return {k: v for k, v in options.items() if k in params}
+
+
+def steps_for_nfe(nfe_fn, nfe, *, name: str, **options) -> int:
+    """The number of steps K with ``nfe_fn(K, **options) == nfe`` exactly (the one place NFE becomes steps);
+    ``ValueError`` naming the nearest budgets that are possible when none fits."""
+    nfe = check_K(nfe, name="nfe")
+    opts = _nfe_options(nfe_fn, options)
+    for K in range(1, nfe + 1):
+        n = nfe_fn(K, **opts)
+        if n == nfe:
+            return K
+        if n > nfe:
+            break
+    possible = sorted({nfe_fn(K, **opts) for K in range(1, nfe + 2)})
+    below = [n for n in possible if n < nfe]
+    above = [n for n in possible if n > nfe]
+    raise ValueError(f"nfe: {name} cannot spend exactly {nfe} network evaluations"
+                     f"{' with ' + str(opts) if opts else ''}; the nearest possible are "
+                     f"{below[-1] if below else None} and {above[0] if above else None}")
+
+
+def resolve_grid(model, K: int, *, logsnrs=None, grid: str | None = None, allow_outside_range: bool = False,
+                 data_end: bool = True, **grid_options):
+    """The grid a sampler of K steps runs on for ``model``: ``logsnrs`` (checked to lie in the model's
+    range unless ``allow_outside_range``), else ``grids.get(grid or model.default_grid)(K, model)``.
+    A discrete model's default grid ends at the data; ``data_end=False`` (samplers that cannot step
+    there) uses the continuous ``"time_uniform"`` grid on its schedule instead."""
+    if logsnrs is not None:
+        if grid is not None:
+            raise ValueError("give logsnrs or grid, not both")
+        return logsnrs if allow_outside_range else grids.check_in_range(logsnrs, model)
+    name = grid if grid is not None else model.default_grid
+    if grid is None and not data_end and name in grids.DISCRETE:
+        name = "time_uniform"
+    return grids.get(name)(K, model, **grid_options)
+
+
+def _prepare(target, key, shape, *, K_from_nfe, nfe, logsnrs, grid, allow_outside_range, data_end, who: str):
+    """``(denoise, shape, logsnrs)`` for a call on a :class:`~ddss_lite.models.Model` or a bare denoiser."""
+    denoise, model = as_denoiser(target, name="model")
+    if model is None:
+        if grid is not None or (logsnrs is None):
+            raise ValueError(f"{who}: a bare denoise(z, logsnr) function needs an explicit logsnrs= grid (grid "
+                             "names and nfe= need a ddss_lite.Model, which knows its schedule)")
+        return denoise, shape, logsnrs
+    if isinstance(shape, (int, np.integer)) and not isinstance(shape, bool):
+        shape = (check_K(shape, name="shape (a batch size)"), *model.data_shape)
+    shape = chain.check_sample_shape(shape)
+    if tuple(shape[1:]) != tuple(model.data_shape):
+        raise ValueError(f"shape must be (B, *model.data_shape) = (B, {', '.join(map(str, model.data_shape))}), "
+                         f"got {shape}")
+    if logsnrs is None:
+        if nfe is None:
+            raise ValueError(f"{who}: give nfe= (network evaluations) or logsnrs= (a grid)")
+        K = K_from_nfe(nfe)
+    else:
+        K = int(np.shape(logsnrs)[0]) - 1
+    logsnrs = resolve_grid(model, K, logsnrs=logsnrs, grid=grid, allow_outside_range=allow_outside_range,
+                           data_end=data_end)
+    return denoise, shape, logsnrs
+
+
 @dataclasses.dataclass(frozen=True)
 class Sampler:
-    """A fixed sampler: ``sampler(denoise, key, shape, *, logsnrs, ...)`` and ``sampler.nfe(K, ...)``."""
+    """A sampler: ``sampler(model, key, shape, *, nfe= or logsnrs=, grid=None, **options)``.
+
+    ``model`` is a :class:`ddss_lite.Model` (then ``shape`` may be a batch size, ``nfe=`` picks the
+    steps and ``grid=`` a grid name of :mod:`ddss_lite.grids`, default ``model.default_grid``, and a
+    given grid must lie in ``model.logsnr_range`` unless ``allow_outside_range=True``), or a bare
+    ``denoise(z, logsnr)`` with an explicit ``logsnrs=``. ``sampler.nfe(K, **options)`` counts network
+    evaluations, ``sampler.steps(nfe, **options)`` inverts it."""
 
     name: str
     sample: Callable
     nfe: Callable
     citation: str
+    data_end: Callable = lambda options: True     # options -> may the grid end at the data (+inf)?
 
-    def __call__(self, denoise, key, shape, **kwargs):
-        return self.sample(denoise, key, shape, **kwargs)
+    def steps(self, nfe: int, **options) -> int:
+        """K with ``self.nfe(K, **options) == nfe`` (:func:`steps_for_nfe`)."""
+        return steps_for_nfe(self.nfe, nfe, name=self.name, **options)
+
+    def __call__(self, model, key, shape, *, logsnrs=None, nfe: int | None = None, grid: str | None = None,
+                 allow_outside_range: bool = False, **kwargs):
+        denoise, shape, logsnrs = _prepare(
+            model, key, shape, K_from_nfe=lambda n: self.steps(n, **kwargs), nfe=nfe, logsnrs=logsnrs, grid=grid,
+            allow_outside_range=allow_outside_range, data_end=self.data_end(kwargs), who=self.name)
+        if nfe is not None:
+            K = int(np.shape(logsnrs)[0]) - 1
+            used = self.nfe(K, **_nfe_options(self.nfe, kwargs))
+            if used != nfe:
+                raise ValueError(f"nfe={nfe} but the grid's {K} steps cost {used} evaluations with {self.name}")
+        return self.sample(denoise, key, shape, logsnrs=logsnrs, **kwargs)
+
+
+@dataclasses.dataclass(frozen=True)
+class BoundFamily:
+    """A learnable family bound to its parameters (``RDDIM.bind(params)``): called like every
+    :class:`Sampler`, ``bound(model, key, shape, *, logsnrs=None, grid=None, ...)``, with the K of its
+    params; ``logsnrs`` defaults to the grid it was bound with, else the model's default grid."""
+
+    family: type
+    params: dict
+    logsnrs: object = None
+
+    @property
+    def name(self) -> str:
+        return self.family.name
+
+    @property
+    def K(self) -> int:
+        return self.family.num_steps(self.params)
+
+    def nfe(self, K: int | None = None, **_) -> int:
+        return self.family.nfe(self.K if K is None else K)
+
+    def __call__(self, model, key, shape, *, logsnrs=None, nfe: int | None = None, grid: str | None = None,
+                 allow_outside_range: bool = False, **kwargs):
+        if nfe is not None and nfe != self.nfe():
+            raise ValueError(f"nfe: these {self.name} params take K = {self.K} steps ({self.nfe()} evaluations), "
+                             f"got nfe={nfe}")
+        if logsnrs is None and grid is None:
+            logsnrs = self.logsnrs
+        denoise, shape, logsnrs = _prepare(
+            model, key, shape, K_from_nfe=lambda n: self.K, nfe=self.nfe(), logsnrs=logsnrs, grid=grid,
+            allow_outside_range=allow_outside_range, data_end="logsnr_logits" not in self.params, who=self.name)
+        return self.family.sample(self.params, denoise, key, shape, logsnrs=logsnrs, **kwargs)
 
 
 def _nfe_one_per_step(K: int, **_) -> int:
@@ -527,19 +680,24 @@ SAMPLERS = {
     "ddpm": Sampler("ddpm", ddpm, _nfe_one_per_step, "Ho et al. 2020, eq. 6-7"),
     "ddim": Sampler("ddim", ddim, _nfe_one_per_step, "Song et al. 2021, eq. 12"),
     "dpm_solver_pp_2m": Sampler("dpm_solver_pp_2m", dpm_solver_pp_2m, _nfe_one_per_step,
-                                "Lu et al. 2022, Algorithm 2"),
-    "heun": Sampler("heun", heun, heun_nfe, "Karras et al. 2022, Algorithm 1"),
+                                "Lu et al. 2022, Algorithm 2", lambda o: o.get("lower_order_final", True)),
+    "heun": Sampler("heun", heun, heun_nfe, "Karras et al. 2022, Algorithm 1", lambda o: o.get("last_euler", True)),
 }
 
 FAMILIES = {"rddim": RDDIM, "ggdm": GGDM}
 
 
-def get_sampler(name: str) -> Sampler:
-    """The fixed sampler called ``name`` (see ``SAMPLERS``); learnable families: :func:`get_family`."""
+def get(name: str) -> Sampler:
+    """The sampler called ``name`` (see ``SAMPLERS``): ``get(name)(model, key, shape, nfe=...)``.
+    Learnable families are bound to their parameters instead: ``get_family(name).bind(params)``."""
     if name not in SAMPLERS:
         raise ValueError(f"unknown sampler {name!r}: name must be one of {sorted(SAMPLERS)} "
                          f"(learnable families {sorted(FAMILIES)} via get_family)")
     return SAMPLERS[name]
+
+
+get_sampler = get
+"""The former name of :func:`get` (kept for one release)."""
 
 
 def get_family(name: str):
@@ -554,7 +712,14 @@ def nfe(name: str, K: int, **options) -> int:
     """Network evaluations of sampler or family ``name`` with K steps (e.g. ``nfe("heun", 10) == 18``)."""
     if name in FAMILIES:
         return FAMILIES[name].nfe(K)
-    return get_sampler(name).nfe(K, **options)
+    return get(name).nfe(K, **options)
+
+
+def steps(name: str, nfe: int, **options) -> int:
+    """The steps K of sampler or family ``name`` that spend exactly ``nfe`` evaluations (``steps("heun", 18) == 10``)."""
+    if name in FAMILIES:
+        return steps_for_nfe(FAMILIES[name].nfe, nfe, name=name)
+    return get(name).steps(nfe, **options)
 
 
 # --------------------------------------------------------------------------- conjugate integrators
