@@ -121,7 +121,8 @@ def _check_unit_time(t64, *, lo: float = 0.0, name: str = "t"):
 
 
 def _check_logsnr_in(lam64, lo: float, hi: float, *, name: str = "logsnr"):
-    ok = (lam64 >= lo) & (lam64 <= hi)
+    tol = 1e-9 * max(1.0, abs(lo), abs(hi))          # float64 rounding of the range's ends
+    ok = (lam64 >= lo - tol) & (lam64 <= hi + tol)
     if not np.all(ok):
         raise ValueError(f"{name} must lie in the schedule's logsnr_range [{lo:.6g}, {hi:.6g}], got "
                          f"{np.asarray(lam64)[~ok].ravel()[:5].tolist()}")
