@@ -267,3 +267,48 @@ class DenoiserModel(Model):
         if clip is not None:
             raise ValueError("clip: a DenoiserModel returns its denoiser as given (clip it yourself)")
         return self._fn
+
+
+# --------------------------------------------------------------------------- a closed-form network
+
+
+def gaussian_network(schedule, *, prediction: str = "eps"):
+    """A network in closed form, for trying a pipeline before bringing a real one: the exact output for
+    data ``x ~ N(mean, diag(std^2))`` on ``schedule``, ``apply(params, z, t_net)`` with
+    ``params = {"mean": (*data_shape), "std": (*data_shape)}`` and ``t_net`` the timestep of a discrete
+    schedule (log-SNR linear in it between the table's integers) or the continuous time otherwise.
+
+    The posterior mean is ``x_hat = mean + g (z - alpha mean)``, ``g = alpha std^2 / (alpha^2 std^2 + sigma^2)``;
+    the output is ``x_hat`` (``"x"``) or ``eps_hat = (z - alpha x_hat) / sigma`` (``"eps"``).
+    Use with :func:`from_network` (same ``schedule`` and ``prediction``); :func:`gaussian_flow` is the
+    exact probability-flow map to compare samplers with."""
+    check_choice(prediction, ("eps", "x"), name="prediction")
+    schedules.check_schedule(schedule)
+    if schedule.kind == "discrete":
+        table = np.asarray(schedule.logsnr_table)
+        to_logsnr = lambda t, dtype: jnp.interp(t, jnp.arange(table.shape[0], dtype=dtype), jnp.asarray(table, dtype))
+    else:
+        to_logsnr = lambda t, dtype: jnp.asarray(schedule.logsnr(t), dtype)
+
+    def apply(params, z, t_net):
+        lam = diffusion.bcast(to_logsnr(jnp.asarray(t_net, z.dtype), z.dtype), z)
+        alpha, sigma = jnp.sqrt(jax.nn.sigmoid(lam)), jnp.sqrt(jax.nn.sigmoid(-lam))
+        mean, var = jnp.asarray(params["mean"], z.dtype), jnp.square(jnp.asarray(params["std"], z.dtype))
+        x_hat = mean + alpha * var * (z - alpha * mean) / (alpha ** 2 * var + sigma ** 2)
+        return x_hat if prediction == "x" else (z - alpha * x_hat) / sigma
+
+    return apply
+
+
+def gaussian_flow(params, z, *, logsnr_t, logsnr_s):
+    """The exact probability-flow map of :func:`gaussian_network`'s data from ``logsnr_t`` to ``logsnr_s``
+    (``+inf``: to the data): ``z_s = alpha_s mean + sqrt(v_s / v_t) (z_t - alpha_t mean)``,
+    ``v = alpha^2 std^2 + sigma^2``; float64 on the host."""
+    mean, var = np.asarray(params["mean"], np.float64), np.square(np.asarray(params["std"], np.float64))
+
+    def a2_v(lam):
+        a2 = 1.0 if np.isinf(lam) and lam > 0 else 1.0 / (1.0 + np.exp(-float(lam)))
+        return a2, a2 * var + (1.0 - a2)
+
+    (at2, vt), (as2, vs) = a2_v(logsnr_t), a2_v(logsnr_s)
+    return np.sqrt(as2) * mean + np.sqrt(vs / vt) * (np.asarray(z, np.float64) - np.sqrt(at2) * mean)

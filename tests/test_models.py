@@ -383,3 +383,17 @@ def test_a_distillation_round_on_a_discrete_x_model(tmp_path):
                                                   data_shape=(3,)), None, 2, **kw)
     with pytest.raises(TypeError, match="exposes none"):
         distill.distill_round(models.from_denoiser(MODEL.denoise, schedule=SCHED, data_shape=(3,)), None, 2, **kw)
+
+
+def test_the_librarys_gaussian_network_is_this_files():
+    params = {"mean": np.full((3,), G.m), "std": np.full((3,), G.s)}
+    lib = models.from_network(models.gaussian_network(SCHED), params, prediction="eps", schedule=SCHED,
+                              data_shape=(3,))
+    z = jax.random.normal(KEY, (5, 3))
+    lam = jnp.asarray(LAM[[3, 50, 500, 800, 999]], jnp.float32)
+    np.testing.assert_allclose(lib.denoise(z, lam), MODEL.denoise(z, lam), rtol=1e-5, atol=1e-6)
+    z64 = np.asarray(z, np.float64)
+    np.testing.assert_allclose(models.gaussian_flow(params, z64, logsnr_t=LAM[900], logsnr_s=np.inf),
+                               exact_flow(z64, LAM[900], np.inf), rtol=1e-12)
+    np.testing.assert_allclose(models.gaussian_flow(params, z64, logsnr_t=LAM[900], logsnr_s=LAM[10]),
+                               exact_flow(z64, LAM[900], LAM[10]), rtol=1e-12)
