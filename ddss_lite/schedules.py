@@ -175,7 +175,7 @@ class LinearVP:
         log alpha_t = -(beta_max - beta_min) t^2 / 4 - beta_min t / 2,    lambda = 2 log alpha - log(1 - alpha^2),
 
     on ``t`` in ``[t_min, 1]`` (``t_min = 1e-3``, the SDE's usual ``eps``), so ``logsnr_range`` is
-    ``[lambda(1), lambda(t_min)]`` (about -10.0 and 8.3 for the defaults 0.1 and 20)."""
+    ``[lambda(1), lambda(t_min)]`` (about -10.05 and 9.12 for the defaults 0.1, 20 and 1e-3)."""
 
     kind = "continuous"
 
