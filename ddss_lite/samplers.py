@@ -581,13 +581,14 @@ def resolve_grid(model, K: int, *, logsnrs=None, grid: str | None = None, allow_
 
 
 def _prepare(target, key, shape, *, K_from_nfe, nfe, logsnrs, grid, allow_outside_range, data_end, who: str):
-    """``(denoise, shape, logsnrs)`` for a call on a :class:`~ddss_lite.models.Model` or a bare denoiser."""
+    """``(denoise, shape, logsnrs, model)`` for a call on a :class:`~ddss_lite.models.Model` or a bare
+    denoiser (``model`` is then ``None``)."""
     denoise, model = as_denoiser(target, name="model")
     if model is None:
         if grid is not None or (logsnrs is None):
             raise ValueError(f"{who}: a bare denoise(z, logsnr) function needs an explicit logsnrs= grid (grid "
                              "names and nfe= need a ddss_lite.Model, which knows its schedule)")
-        return denoise, shape, logsnrs
+        return denoise, shape, logsnrs, None
     if isinstance(shape, (int, np.integer)) and not isinstance(shape, bool):
         shape = (check_K(shape, name="shape (a batch size)"), *model.data_shape)
     shape = chain.check_sample_shape(shape)
@@ -602,7 +603,7 @@ def _prepare(target, key, shape, *, K_from_nfe, nfe, logsnrs, grid, allow_outsid
         K = int(np.shape(logsnrs)[0]) - 1
     logsnrs = resolve_grid(model, K, logsnrs=logsnrs, grid=grid, allow_outside_range=allow_outside_range,
                            data_end=data_end)
-    return denoise, shape, logsnrs
+    return denoise, shape, logsnrs, model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -613,13 +614,15 @@ class Sampler:
     steps and ``grid=`` a grid name of :mod:`ddss_lite.grids`, default ``model.default_grid``, and a
     given grid must lie in ``model.logsnr_range`` unless ``allow_outside_range=True``), or a bare
     ``denoise(z, logsnr)`` with an explicit ``logsnrs=``. ``sampler.nfe(K, **options)`` counts network
-    evaluations, ``sampler.steps(nfe, **options)`` inverts it."""
+    evaluations, ``sampler.steps(nfe, **options)`` inverts it. A sampler with ``takes_schedule`` (the
+    conjugate integrators, whose ``lam`` multiplies the schedule's time) receives ``schedule=model.schedule``."""
 
     name: str
     sample: Callable
     nfe: Callable
     citation: str
     data_end: Callable = lambda options: True     # options -> may the grid end at the data (+inf)?
+    takes_schedule: bool = False
 
     def steps(self, nfe: int, **options) -> int:
         """K with ``self.nfe(K, **options) == nfe`` (:func:`steps_for_nfe`)."""
@@ -627,7 +630,7 @@ class Sampler:
 
     def __call__(self, model, key, shape, *, logsnrs=None, nfe: int | None = None, grid: str | None = None,
                  allow_outside_range: bool = False, **kwargs):
-        denoise, shape, logsnrs = _prepare(
+        denoise, shape, logsnrs, model = _prepare(
             model, key, shape, K_from_nfe=lambda n: self.steps(n, **kwargs), nfe=nfe, logsnrs=logsnrs, grid=grid,
             allow_outside_range=allow_outside_range, data_end=self.data_end(kwargs), who=self.name)
         if nfe is not None:
@@ -635,6 +638,11 @@ class Sampler:
             used = self.nfe(K, **_nfe_options(self.nfe, kwargs))
             if used != nfe:
                 raise ValueError(f"nfe={nfe} but the grid's {K} steps cost {used} evaluations with {self.name}")
+        if self.takes_schedule and model is not None:
+            if kwargs.get("schedule") not in (None, model.schedule):
+                raise ValueError(f"schedule: {self.name} called on a model runs in the model's schedule "
+                                 f"{model.schedule!r}; got schedule={kwargs['schedule']!r}")
+            kwargs["schedule"] = model.schedule
         return self.sample(denoise, key, shape, logsnrs=logsnrs, **kwargs)
 
 
@@ -666,7 +674,7 @@ class BoundFamily:
                              f"got nfe={nfe}")
         if logsnrs is None and grid is None:
             logsnrs = self.logsnrs
-        denoise, shape, logsnrs = _prepare(
+        denoise, shape, logsnrs, _ = _prepare(
             model, key, shape, K_from_nfe=lambda n: self.K, nfe=self.nfe(), logsnrs=logsnrs, grid=grid,
             allow_outside_range=allow_outside_range, data_end="logsnr_logits" not in self.params, who=self.name)
         return self.family.sample(self.params, denoise, key, shape, logsnrs=logsnrs, **kwargs)

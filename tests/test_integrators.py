@@ -392,3 +392,81 @@ def test_nonfinite_prediction_is_reported_with_its_step():
         integrators.conjugate_poly(bad, KEY, (4, 2), logsnrs=g, r=2)
     with pytest.raises(Exception, match="not finite.*step 3"):
         jax.block_until_ready(jax.jit(lambda gg: integrators.lambda_ddim(bad, KEY, (4, 2), logsnrs=gg))(g))
+
+
+# ----------------------------------------------------------------------------- the model's own time
+
+
+def rho_linear_vp(u, sched):
+    """``rho = sigma / alpha = sqrt(1 - alpha^2) / alpha`` of the linear VP SDE at time u, from its
+    ``log alpha`` written here (not from the library)."""
+    log_alpha = -0.25 * (sched.beta_max - sched.beta_min) * u ** 2 - 0.5 * sched.beta_min * u
+    return np.sqrt(-np.expm1(2.0 * log_alpha)) / np.exp(log_alpha)
+
+
+@pytest.mark.parametrize("lam", [0.0, 1.5, -3.0])
+def test_phi_on_the_linear_vp_schedule_is_integrated_in_its_own_time(lam):
+    """On ``schedules.LinearVP()`` (the paper's schedule) the integrators' time is that schedule's t:
+    ``Phi(t_i) = int_{t_min}^{t_i} e^{lam u} d rho_u``, checked against integration by parts in u,
+    ``[e^{lam u} rho]_{t_min}^{t_i} - lam int rho e^{lam u} du`` with quad (no derivative of rho
+    taken), to 1e-9 relative; the tables' times are ``schedule.t_from_logsnr`` of the grid."""
+    sched = schedules.LinearVP()
+    lo, hi = sched.logsnr_range
+    g = np.linspace(lo, hi, 9)
+    t = integrators.conjugate_weights(g, lam=lam, r=1, schedule=sched)["t"]
+    np.testing.assert_allclose(t, sched.t_from_logsnr(g), rtol=1e-14)
+    t0 = sched.t_min
+    ref = np.array([np.exp(lam * ti) * rho_linear_vp(ti, sched) - np.exp(lam * t0) * rho_linear_vp(t0, sched)
+                    - lam * quad(lambda u: rho_linear_vp(u, sched) * np.exp(lam * u), t0, ti) for ti in t])
+    np.testing.assert_allclose(integrators.phi(g, lam=lam, schedule=sched), ref, rtol=1e-9, atol=1e-12)
+
+
+def test_weights_on_a_discrete_schedule_integrate_polynomials_exactly():
+    """On DDPM's discrete schedule (time ``(n + 1) / T``, piecewise linear in log-SNR between the
+    table's timesteps): ``sum_j w_ij p(t_{i-j}) = alpha_s int_s^t p(u) e^{lam (u - s)} d rho`` against
+    quad in log-SNR, ``d rho = -rho / 2 d logsnr``, with the library's time map (the integrand, not the
+    map, is what is checked), to 1e-10: the quadrature splits its pieces at the map's kinks, one at
+    every integer timestep (without the split the tables are off by up to 4e-5)."""
+    sched = schedules.DiscreteVP.linear()
+    lo, hi = sched.logsnr_range
+    g = np.linspace(lo, hi, 7)
+    lam, r = 2.0, 2
+    tab = integrators.conjugate_weights(g, lam=lam, r=r, schedule=sched)
+    t, w = tab["t"], tab["w"]
+    u = lambda l: float(sched.t_from_logsnr(np.clip(l, lo, hi)))
+    knots = np.sort(sched.logsnr_table)
+    for i in range(6):
+        nodes = t[i - np.arange(min(i, r) + 1)]
+        pts = knots[(knots > g[i]) & (knots < g[i + 1])]
+        for k in range(min(i, r) + 1):
+            f = lambda l: u(l) ** k * np.exp(lam * (u(l) - t[i + 1])) * 0.5 * np.exp(-0.5 * l)
+            ref = alpha64(g[i + 1]) * sum(integrate.quad(f, a, b, epsabs=0, epsrel=1e-12)[0]
+                                          for a, b in zip(np.r_[g[i], pts], np.r_[pts, g[i + 1]]))
+            np.testing.assert_allclose(w[i, :len(nodes)] @ nodes ** k, ref, rtol=1e-10, err_msg=f"step {i}, u^{k}")
+
+
+def test_the_sampler_call_runs_in_the_models_time():
+    """``samplers.get(name)(model, ...)`` passes ``model.schedule``: on a model of the linear VP schedule
+    the samples equal the bare sampler with ``schedule=LinearVP()`` and differ from the book's time at
+    lam != 0; on a model of the book's schedule they equal the bare call without a schedule, bit for
+    bit (the book's lambda-DDIM is unchanged). A schedule other than the model's is refused."""
+    from ddss_lite import models
+
+    sched = schedules.LinearVP()
+    lin = models.from_denoiser(nonlinear_denoiser, schedule=sched, data_shape=(2,))
+    book = models.from_denoiser(nonlinear_denoiser, schedule=schedules.Cosine(), data_shape=(2,))
+    for name, opts in (("lambda_ddim", {}), ("conjugate_poly", {"r": 2})):
+        s = samplers.get(name)
+        fn = getattr(integrators, name)
+        grid = samplers.resolve_grid(lin, 6)
+        x = s(lin, KEY, 4, nfe=6, lam=0.8, **opts)
+        np.testing.assert_array_equal(x, fn(nonlinear_denoiser, KEY, (4, 2), logsnrs=grid, lam=0.8,
+                                            schedule=sched, **opts))
+        assert not np.allclose(x, fn(nonlinear_denoiser, KEY, (4, 2), logsnrs=grid, lam=0.8, **opts))
+        grid = samplers.resolve_grid(book, 6)
+        np.testing.assert_array_equal(s(book, KEY, 4, nfe=6, lam=0.8, **opts),
+                                      fn(nonlinear_denoiser, KEY, (4, 2), logsnrs=grid, lam=0.8, **opts))
+        with pytest.raises(ValueError, match="schedule"):
+            s(lin, KEY, 4, nfe=6, lam=0.8, schedule=schedules.Cosine(), **opts)
+    with pytest.raises(TypeError, match="schedule"):
+        integrators.conjugate_coefficients(schedules.grid(4), schedule="cosine")
