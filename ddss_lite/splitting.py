@@ -9,7 +9,7 @@ Gaussian data where PSLD's score is closed form (``tests/test_splitting.py``). T
 (github mandt-lab/PSLD, ``main/samplers/sde.py`` and ``models/wrapper.py``).
 
 **Time and grids.** Sampling runs from ``t_0 = 1`` down to ``t_K = eps`` (``process.eps``, 1e-3):
-``grid="uniform"``: ``t_i = 1 - (1 - eps) i/K``; ``"quadratic"``: ``t_i = eps + (1 - eps)(1 - i/K)^2``
+``grid="uniform"``: ``t_i = 1 - (1 - eps) i/K``; ``"quadratic"`` (the default): ``t_i = eps + (1 - eps)(1 - i/K)^2``
 (denser near the data). Step ``n`` goes from ``t_n`` to ``t_{n+1} = t_n - h_n``; ``t_{n+1/2}`` is its
 midpoint. With ``denoise=True`` (the default, as in PSLD's evaluation) one more Euler step of the
 sampler's drift goes from ``eps`` to 0 with the score at ``eps``, costing one network evaluation.
@@ -98,14 +98,26 @@ Randomness as in :mod:`ddss_lite.chain`: ``key_prior, key_steps = split(key)``; 
 ``z_0 ~ N(0, Sigma_inf)`` from ``key_prior`` (rows via ``fold_in``); sub-update ``k`` of step ``n``
 draws ``xi`` from ``fold_in(fold_in(key_steps, n), k)``.
 
-Signature: ``sampler(eps_fn, key, shape, *, process, num_steps, grid="uniform", denoise=True,
-remat=True, return_trajectory=False, z_init=None, dtype=None, **options)`` with ``shape`` the *data*
-shape (B, ..., C); returns the x-part (B, ..., C) of the final state, and with ``return_trajectory``
-also the states ``(K + 1 [+ 1], B, ..., 2C)`` at ``t_0 .. t_K`` (and at 0 after the denoise step).
-``nfe(name, num_steps, **options)`` counts network calls exactly; ``steps_for_nfe(name, nfe)`` is the
-most steps within a budget. Options (``lam``, ``B``, ``reduced``, ``conjugate_momentum``,
-``lambda_s``) and ``num_steps``/``grid`` must be Python values: the coefficients are computed on the
-host when the sampler is traced (under ``jax.jit`` mark them static; a new value re-traces).
+**The call.** ``get(name)(model, key, shape, *, nfe=None, num_steps=None, grid="quadratic",
+denoise=True, remat=True, return_trajectory=False, z_init=None, dtype=None, **options)``, the call
+shape of :mod:`ddss_lite.samplers` as far as PSLD allows. ``model`` is a trained
+:class:`ddss_lite.psld.PSLDModel` (the process and ``eps_theta`` come from it; ``process=`` may be
+passed only as that same object); ``shape`` is the *data* shape ``(B, *model.data_shape)`` (C channels,
+not the state's 2C) or just the batch size ``B``. Exactly one of ``nfe=`` (a budget of network
+evaluations: the most steps whose evaluations, the final denoising step included, fit within it,
+:func:`steps_for_nfe`) and ``num_steps=`` (K) is given. Returns the x-part (B, ..., C) of the final
+state, and with ``return_trajectory`` also the states ``(K + 1 [+ 1], B, ..., 2C)`` at ``t_0 .. t_K``
+(and at 0 after the denoise step). The former call ``sampler(eps_fn, key, shape, *, process=,
+num_steps=, ...)`` with a bare ``eps_fn(z, t)`` on states (B, ..., 2C), an explicit ``process`` and
+a tuple data shape still works (kept for one release); ``nfe=`` works there too.
+
+``grid`` defaults to ``"quadratic"`` everywhere (direct calls, :func:`model_samples`, chapter 7 and
+:func:`time_grid`); ``"uniform"`` is there when asked for by name. ``nfe(name, num_steps, **options)``
+counts network calls exactly; ``steps_for_nfe(name, nfe)`` (= ``Sampler.steps``, the one place that
+converts a budget into steps) is the most steps within a budget. Options (``lam``, ``B``,
+``reduced``, ``conjugate_momentum``, ``lambda_s``) and ``nfe``/``num_steps``/``grid`` must be Python
+values: the coefficients are computed on the host when the sampler is traced (under ``jax.jit`` mark
+them static; a new value re-traces).
 """
 from __future__ import annotations
 
@@ -127,8 +139,10 @@ __all__ = [
     "expm2",
     "conjugate_coefficients",
     "Sub",
+    "DEFAULT_GRID",
     "Sampler",
     "SAMPLERS",
+    "get",
     "get_sampler",
     "sample",
     "nfe",
@@ -137,10 +151,13 @@ __all__ = [
 ]
 
 GRIDS = ("uniform", "quadratic")
+DEFAULT_GRID = "quadratic"
+"""The one default grid of every PSLD sampler call, :func:`model_samples` and :func:`time_grid`."""
 
 
-def time_grid(process: PSLD, num_steps: int, kind: str = "uniform") -> np.ndarray:
-    """The (K+1,) float64 times ``1 = t_0 > ... > t_K = eps`` (module docstring)."""
+def time_grid(process: PSLD, num_steps: int, kind: str = DEFAULT_GRID) -> np.ndarray:
+    """The (K+1,) float64 times ``1 = t_0 > ... > t_K = eps`` on grid ``kind`` (``"quadratic"``, the
+    default, or ``"uniform"``; module docstring)."""
     K = check_K(num_steps, name="num_steps")
     check_choice(kind, GRIDS, name="grid")
     i = np.arange(K + 1, dtype=np.float64) / K
@@ -483,14 +500,57 @@ def _setup(key, shape, process, z_init, dtype):
     return z0, key_steps
 
 
+def _is_batch_size(shape) -> bool:
+    return isinstance(shape, (int, np.integer)) and not isinstance(shape, bool)
+
+
+def _resolve_target(model, shape, process):
+    """``(eps_fn, process, shape)`` for a call on a :class:`~ddss_lite.psld.PSLDModel` (shape a batch
+    size or ``(B, *model.data_shape)``) or on a bare ``eps_fn(z, t)`` (with ``process=`` and a tuple
+    data shape)."""
+    if isinstance(model, psld.PSLDModel):
+        if process is not None and process is not model.process:
+            raise ValueError("process: a psld.PSLDModel brings its own process (model.process); leave process= "
+                             f"out or pass that same object, got a different {type(process).__name__}")
+        data_shape = tuple(model.data_shape)
+        if _is_batch_size(shape):
+            shape = (check_K(shape, name="shape (a batch size)"), *data_shape)
+        shape = chain.check_sample_shape(shape)
+        if shape[1:] != data_shape:
+            raise ValueError(f"shape must be a batch size or the data shape (B, *model.data_shape) = "
+                             f"(B, {', '.join(map(str, data_shape))}) (C channels, not the state's 2C), got {shape}")
+        return model.eps_fn(), model.process, shape
+    if not callable(model):
+        raise ValueError(f"model must be a psld.PSLDModel or an eps_fn(z, t) callable on PSLD states, "
+                         f"got {type(model).__name__}")
+    if _is_batch_size(shape):
+        raise ValueError(f"shape: a batch size ({shape}) needs a psld.PSLDModel, which knows its data_shape; "
+                         "with a bare eps_fn give the data shape (B, ..., C)")
+    if process is None:
+        raise ValueError("process= (a psld.PSLD) is required with a bare eps_fn; a psld.PSLDModel brings its own")
+    return model, process, shape
+
+
 # --------------------------------------------------------------------------- registry
+
+
+_CALL_KEYWORDS = ("nfe", "num_steps", "process", "grid", "denoise", "remat", "return_trajectory", "z_init", "dtype")
 
 
 @dataclasses.dataclass(frozen=True)
 class Sampler:
-    """A PSLD sampler: its plan builder, network calls per step, whether it injects noise, a note, its
-    options and its order of convergence (all are first order: Euler-type sub-updates of a non-separable
-    system; measured in ``tests/test_splitting.py``)."""
+    """A PSLD sampler: ``sampler(model, key, shape, *, nfe= or num_steps=, grid="quadratic", **options)``
+    (module docstring, "The call"), with its plan builder, network calls per step, whether it injects
+    noise, a note, its options and its order of convergence (all are first order: Euler-type
+    sub-updates of a non-separable system; measured in ``tests/test_splitting.py``).
+
+    ``model``: a :class:`ddss_lite.psld.PSLDModel` (then ``shape`` may be a batch size and
+    ``process=`` is the model's own), or, the former call kept for one release, a bare
+    ``eps_fn(z, t)`` on states (B, ..., 2C) with ``process=`` and a tuple ``shape`` (B, ..., C).
+    ``nfe=``: the most steps whose network evaluations, the final denoising step included (when
+    ``denoise``), fit within the budget (:meth:`steps`); ``num_steps=``: K itself; exactly one of
+    the two. ``sampler.nfe(K, **options)`` counts evaluations, ``sampler.steps(nfe, **options)``
+    inverts it."""
 
     name: str
     plan: Callable
@@ -500,13 +560,24 @@ class Sampler:
     options: tuple = ()
     order: int = 1       # convergence order in the step size: strong (deterministic) or weak (stochastic)
 
-    def __call__(self, eps_fn, key, shape, *, process: PSLD, num_steps: int, grid: str = "uniform",
-                 denoise: bool = True, remat: bool = True, return_trajectory: bool = False, z_init=None,
-                 dtype=None, **options):
+    def _check_options(self, options):
         unknown = sorted(set(options) - set(self.options))
         if unknown:
-            raise ValueError(f"sampler {self.name!r} takes options {sorted(self.options)}, got unknown {unknown}")
-        K = check_K(num_steps, name="num_steps")
+            raise ValueError(f"sampler {self.name!r}: unknown option(s) {unknown}; its options are "
+                             f"{sorted(self.options)}, besides the keywords {list(_CALL_KEYWORDS)} of every "
+                             "PSLD sampler")
+
+    def __call__(self, model, key, shape, *, nfe: int | None = None, num_steps: int | None = None,
+                 process: PSLD | None = None, grid: str = DEFAULT_GRID, denoise: bool = True, remat: bool = True,
+                 return_trajectory: bool = False, z_init=None, dtype=None, **options):
+        self._check_options(options)
+        check_choice(grid, GRIDS, name="grid")
+        eps_fn, process, shape = _resolve_target(model, shape, process)
+        if (nfe is None) == (num_steps is None):
+            raise ValueError(f"give exactly one of nfe= (a budget of network evaluations, the final denoising "
+                             f"step included) or num_steps= (K), got {'both' if nfe is not None else 'neither'}")
+        K = (self.steps(nfe, denoise=denoise, **options) if num_steps is None
+             else check_K(num_steps, name="num_steps"))
         z0, key_steps = _setup(key, shape, process, z_init, dtype)
         plan = self.plan(process, time_grid(process, K, grid), **options)
         z, traj = _chain(eps_fn, z0, key_steps, plan, remat=remat, return_trajectory=return_trajectory)
@@ -518,10 +589,21 @@ class Sampler:
         return (x, traj) if return_trajectory else x
 
     def nfe(self, num_steps: int, *, denoise: bool = True, **options) -> int:
-        unknown = sorted(set(options) - set(self.options))
-        if unknown:
-            raise ValueError(f"sampler {self.name!r} takes options {sorted(self.options)}, got unknown {unknown}")
+        """Network evaluations with ``num_steps`` steps (``denoise=True`` counts the final step's one)."""
+        self._check_options(options)
         return check_K(num_steps, name="num_steps") * self.nfe_per_step(**options) + int(bool(denoise))
+
+    def steps(self, nfe: int, *, denoise: bool = True, **options) -> int:
+        """The most steps K with ``self.nfe(K, denoise=denoise, **options) <= nfe`` (the final denoising
+        step's evaluation included); raises if even K = 1 does not fit."""
+        nfe = check_K(nfe, name="nfe")
+        smallest = self.nfe(1, denoise=denoise, **options)
+        if nfe < smallest:
+            raise ValueError(f"nfe={nfe} is too small for {self.name!r}: one step costs {smallest} network "
+                             f"evaluations (the final denoising step included: denoise={bool(denoise)}) with "
+                             f"options {options or '{}'}; give nfe >= {smallest}")
+        per = self.nfe(2, denoise=denoise, **options) - smallest
+        return 1 + (nfe - smallest) // per
 
 
 def _per_step(n):
@@ -557,42 +639,41 @@ DETERMINISTIC = tuple(n for n, s in SAMPLERS.items() if not s.stochastic)
 STOCHASTIC = tuple(n for n, s in SAMPLERS.items() if s.stochastic)
 
 
-def get_sampler(name: str) -> Sampler:
-    """The PSLD sampler called ``name`` (see ``SAMPLERS``)."""
+def get(name: str) -> Sampler:
+    """The PSLD sampler called ``name`` (see ``SAMPLERS``): ``get(name)(model, key, shape, nfe=...)``."""
     if name not in SAMPLERS:
         raise ValueError(f"unknown PSLD sampler {name!r}: name must be one of {sorted(SAMPLERS)}")
     return SAMPLERS[name]
 
 
-def sample(name: str, eps_fn, key, shape, **kwargs):
-    """``get_sampler(name)(eps_fn, key, shape, **kwargs)``."""
-    return get_sampler(name)(eps_fn, key, shape, **kwargs)
+get_sampler = get
+"""The former name of :func:`get` (kept for one release)."""
+
+
+def sample(name: str, model, key, shape, **kwargs):
+    """``get(name)(model, key, shape, **kwargs)``."""
+    return get(name)(model, key, shape, **kwargs)
 
 
 def nfe(name: str, num_steps: int, **options) -> int:
     """Network evaluations of sampler ``name`` with ``num_steps`` steps (``denoise=True`` counts one more)."""
-    return get_sampler(name).nfe(num_steps, **options)
+    return get(name).nfe(num_steps, **options)
 
 
 def steps_for_nfe(name: str, budget: int, **options) -> int:
-    """The most steps K with ``nfe(name, K, **options) <= budget``; raises if even K = 1 does not fit."""
-    budget = check_K(budget, name="nfe budget")
-    sampler = get_sampler(name)
-    smallest = sampler.nfe(1, **options)
-    if budget < smallest:
-        raise ValueError(f"NFE budget {budget} is too small for {name!r}: one step costs {smallest} "
-                         f"network evaluations with options {options or '{}'}")
-    per = sampler.nfe(2, **options) - smallest
-    return 1 + (budget - smallest) // per
+    """The most steps K with ``nfe(name, K, **options) <= budget`` (:meth:`Sampler.steps`, what ``nfe=``
+    means in a sampler call); raises if even K = 1 does not fit."""
+    return get(name).steps(budget, **options)
 
 
-def model_samples(model, name: str, budget: int, *, n: int, seed: int = 0, grid: str = "quadratic",
+def model_samples(model, name: str, budget: int, *, n: int, seed: int = 0, grid: str = DEFAULT_GRID,
                   **options) -> np.ndarray:
-    """``n`` samples (the x-part) of the trained PSLD ``model`` (:class:`ddss_lite.psld.PSLDModel`) with
-    sampler ``name`` at the most steps within ``budget`` network evaluations (:func:`steps_for_nfe`,
-    the final denoising step included), from the book's evaluation noise
-    (:func:`ddss_lite.evaluation.noise_key`), cached by the model's config and parameters, the
-    sampler, its options, grid, ``n`` and ``seed`` (a later chapter loads them instead of sampling)."""
+    """``n`` samples (the x-part) of the trained PSLD ``model`` (:class:`ddss_lite.psld.PSLDModel`),
+    ``get(name)(model, noise_key(seed), n, nfe=budget, grid=grid, **options)``: sampler ``name`` at the
+    most steps within ``budget`` network evaluations (:func:`steps_for_nfe`, the final denoising step
+    included), from the book's evaluation noise (:func:`ddss_lite.evaluation.noise_key`), cached by the
+    model's config and parameters, the sampler, its options, grid, ``n`` and ``seed`` (a later chapter
+    loads them instead of sampling)."""
     from ddss_lite import evaluation, store
 
     K = steps_for_nfe(name, budget, **options)
@@ -600,6 +681,5 @@ def model_samples(model, name: str, budget: int, *, n: int, seed: int = 0, grid:
     shape = (n, *model.data_shape)
     cfg = dict(model=model.config, params=store.array_digest(model.params), sampler=name, K=K, grid=grid,
                options=options, shape=list(shape), seed=seed, samples_format=evaluation.SAMPLES_FORMAT)
-    draw = lambda: np.asarray(sample(name, model.eps_fn(), evaluation.noise_key(seed), shape,
-                                     process=model.process, num_steps=K, grid=grid, **options))
+    draw = lambda: np.asarray(get(name)(model, evaluation.noise_key(seed), n, nfe=budget, grid=grid, **options))
     return evaluation.cached_samples(f"{model.name}-{name}", cfg, draw)

@@ -223,10 +223,10 @@ def test_stochastic_engine_draws_match_the_propagated_moments(name):
     z0 = np.concatenate([pairs[..., 0], pairs[..., 1]], -1)
     eps_fn = gaussian_eps_on(sampler_times(name, K, "uniform"))
     with jax.enable_x64(True):
-        f = jax.jit(lambda z: splitting.sample(name, eps_fn, KEY, (n, 2), process=P, num_steps=K,
+        f = jax.jit(lambda z: splitting.sample(name, eps_fn, KEY, (n, 2), process=P, num_steps=K, grid="uniform",
                                                denoise=False, z_init=z, return_trajectory=True)[1][-1])
         got = to_pairs(f(jnp.asarray(z0)))
-    mean, cov = propagate(splitting.get_sampler(name).plan(P, splitting.time_grid(P, K)), m1, c1)
+    mean, cov = propagate(splitting.get_sampler(name).plan(P, splitting.time_grid(P, K, "uniform")), m1, c1)
     for c in range(2):
         emp_mean, emp_cov = got[:, c].mean(0), np.cov(got[:, c].T)
         var = np.diag(cov[c])
@@ -403,30 +403,45 @@ def test_bad_input_raises_value_error():
         splitting.sample("euler", lambda z, t: z * jnp.nan, KEY, (4, 2), **kw)
 
 
+def tiny_model(shift=0.0):
+    """The smallest PSLD model: an untrained eps-MLP (hidden 8, depth 1) on 2-D data (states (B, 4));
+    ``shift`` moves every weight (a different model with the same config)."""
+    from ddss_lite import nets
+
+    net = nets.make_denoiser_net("mlp", hidden=8, depth=1)
+    params = net.init(jax.random.PRNGKey(0), jnp.zeros((1, 4)), jnp.zeros((1,)))["params"]
+    params = jax.tree_util.tree_map(lambda a: a + shift, params)
+    return psld.PSLDModel("psld-test", net, params, np.zeros(1), {"kind": "test"}, psld.PSLD(), (2,))
+
+
 def test_model_samples_are_cached_by_sampler_options_and_parameters(monkeypatch):
     """A second draw with the same model, sampler, options and budget is loaded, not sampled; a
-    change of an option or of the weights draws again."""
-    from ddss_lite import nets
+    change of an option or of the weights draws again; the draw is the former eps_fn call's."""
+    from ddss_lite import evaluation
     from ddss_lite.profiles import get_profile
 
     P = get_profile("smoke")
-    net = nets.make_denoiser_net("mlp", hidden=8, depth=1)
-    params = net.init(jax.random.PRNGKey(0), jnp.zeros((1, 4)), jnp.zeros((1,)))["params"]
-    model = psld.PSLDModel("psld-test", net, params, np.zeros(1), {"kind": "test"}, psld.PSLD(), (2,))
+    model = tiny_model()
+    direct = splitting.sample("cse", model.eps_fn(), evaluation.noise_key(0), (P.psld_n, 2), process=model.process,
+                              num_steps=splitting.steps_for_nfe("cse", 6, lam=0.0), grid="quadratic", lam=0.0)
     calls = []
-    real_sample = splitting.sample
-    monkeypatch.setattr(splitting, "sample", lambda *a, **k: calls.append(a[0]) or real_sample(*a, **k))
+    real_call = splitting.Sampler.__call__
+    monkeypatch.setattr(splitting.Sampler, "__call__", lambda self, *a, **k: calls.append(self.name) or
+                        real_call(self, *a, **k))
+    keys = []
+    real_cached = evaluation.cached_samples
+    monkeypatch.setattr(evaluation, "cached_samples", lambda tag, cfg, draw: keys.append(cfg) or
+                        real_cached(tag, cfg, draw))
     x1 = splitting.model_samples(model, "cse", 6, n=P.psld_n, lam=0.0)
     x2 = splitting.model_samples(model, "cse", 6, n=P.psld_n, lam=0.0)
+    from ddss_lite import store                 # the cache key of the draws cached before the model call
+    assert keys[0] == dict(model={"kind": "test"}, params=store.array_digest(model.params), sampler="cse", K=5,
+                           grid="quadratic", options={"lam": 0.0}, shape=[P.psld_n, 2], seed=0,
+                           samples_format=evaluation.SAMPLES_FORMAT)
     assert len(calls) == 1 and np.array_equal(x1, x2) and x1.shape == (P.psld_n, 2)
-    direct = real_sample("cse", model.eps_fn(), __import__("ddss_lite").evaluation.noise_key(0), (P.psld_n, 2),
-                         process=model.process, num_steps=splitting.steps_for_nfe("cse", 6, lam=0.0),
-                         grid="quadratic", lam=0.0)
     np.testing.assert_array_equal(x1, np.asarray(direct))
     splitting.model_samples(model, "cse", 6, n=P.psld_n, lam=0.5)
-    moved = psld.PSLDModel("psld-test", net, jax.tree_util.tree_map(lambda a: a + 0.01, params), np.zeros(1),
-                           {"kind": "test"}, psld.PSLD(), (2,))
-    splitting.model_samples(moved, "cse", 6, n=P.psld_n, lam=0.0)
+    splitting.model_samples(tiny_model(0.01), "cse", 6, n=P.psld_n, lam=0.0)
     assert len(calls) == 3
     with pytest.raises(ValueError, match="too small"):
         splitting.model_samples(model, "nvv", 3, n=4)
@@ -446,3 +461,105 @@ def test_options_must_be_host_values_of_the_right_type():
     with pytest.raises(ValueError, match="lam must be a Python number"):
         jax.jit(lambda lam: run("cse", lam=lam))(0.1)
     assert np.all(np.isfinite(np.asarray(run("cse", lam=np.float32(0.1)))))
+
+
+# ----------------------------------------------------------------------------- the call on a PSLDModel
+
+
+@pytest.mark.parametrize("name,options", [("cse", {"lam": 0.5}), ("roba", {}), ("nvv", {})])
+def test_model_call_equals_the_former_eps_fn_call_bit_for_bit(name, options):
+    """``get(name)(model, key, B, nfe=N)`` is ``sampler(model.eps_fn(), key, (B, *data_shape),
+    process=model.process, num_steps=steps_for_nfe(name, N))`` exactly, with a batch size or the
+    tuple data shape, and with ``process=`` the model's own object."""
+    model, sampler = tiny_model(), splitting.get(name)
+    K = splitting.steps_for_nfe(name, 8, **options)
+    old, *new = jax.jit(lambda: (sampler(model.eps_fn(), KEY, (5, 2), process=model.process, num_steps=K, **options),
+                                 sampler(model, KEY, 5, nfe=8, **options),
+                                 sampler(model, KEY, (5, 2), num_steps=K, process=model.process, **options)))()
+    for x in new:
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(old))
+    assert splitting.get_sampler is splitting.get and splitting.get(name) is splitting.SAMPLERS[name]
+
+
+def test_nfe_keyword_runs_the_most_steps_within_the_budget(monkeypatch):
+    """``nfe=N`` runs ``K = steps_for_nfe(name, N)`` steps: the network calls counted at run time are
+    ``nfe(name, K)``, at most N, and one more step would exceed N (the denoise step counted, or not
+    with ``denoise=False``); the trajectory has K + 1 (+ 1) states."""
+    calls = {}
+    cases = [("nvv", 10, {}), ("nvv", 9, {}), ("oba", 12, {"denoise": False}), ("cse", 7, {"reduced": False}),
+             ("euler", 2, {})]
+
+    def counting(label):
+        def eps_fn(z, t):
+            jax.debug.callback(lambda: calls.__setitem__(label, calls.get(label, 0) + 1))
+            return nonlinear_eps(z, t)
+        return eps_fn
+
+    model = tiny_model()
+    label = iter(range(len(cases)))
+    monkeypatch.setattr(psld.PSLDModel, "eps_fn", lambda self: counting(next(label)))
+
+    @jax.jit
+    def run_all():
+        return [splitting.get(n)(model, KEY, 3, nfe=N, return_trajectory=True, **o)[1] for n, N, o in cases]
+
+    trajs = jax.block_until_ready(run_all())
+    jax.effects_barrier()
+    for i, (n, N, o) in enumerate(cases):
+        K = splitting.steps_for_nfe(n, N, **o)
+        assert calls[i] == splitting.nfe(n, K, **o) <= N < splitting.nfe(n, K + 1, **o), (n, N, o, calls[i])
+        assert trajs[i].shape == (K + 1 + o.get("denoise", True), 3, 4)
+    assert [splitting.steps_for_nfe(n, N, **o) for n, N, o in cases] == [3, 2, 6, 3, 1]
+
+
+def test_default_grid_is_quadratic():
+    """A call without ``grid`` is the call with ``grid="quadratic"`` (the book's chapter 7 and
+    :func:`splitting.model_samples`), not the uniform grid's; :func:`time_grid` defaults to it too."""
+    model, sampler = tiny_model(), splitting.get("rse")
+    old = lambda **g: sampler(nonlinear_eps, KEY, (4, 2), process=P, num_steps=5, **g)
+    out = jax.jit(lambda: [sampler(model, KEY, 4, nfe=6, **g) for g in ({}, {"grid": "quadratic"}, {"grid": "uniform"})]
+                  + [old(), old(grid="quadratic")])()
+    default, quadratic, uniform, old_default, old_quadratic = map(np.asarray, out)
+    np.testing.assert_array_equal(default, quadratic)
+    assert not np.allclose(default, uniform)
+    np.testing.assert_array_equal(old_default, old_quadratic)
+    np.testing.assert_array_equal(splitting.time_grid(P, 6), splitting.time_grid(P, 6, "quadratic"))
+    assert splitting.DEFAULT_GRID == "quadratic"
+
+
+def test_bad_calls_name_the_parameter():
+    """Each bad input is refused before any sampling, by our own check, naming the parameter and the
+    valid values."""
+    model, rvv = tiny_model(), splitting.get("rvv")
+    bad = [
+        (dict(nfe=4, lam=1.0), r"unknown option\(s\) \['lam'\]; its options are \[\]"),
+        (dict(nfe=4, num_step=3), r"unknown option\(s\) \['num_step'\].*'num_steps'"),
+        (dict(nfe=4, num_steps=3), "exactly one of nfe=.*num_steps=.*got both"),
+        (dict(), "exactly one of nfe=.*num_steps=.*got neither"),
+        (dict(nfe=2.5), r"nfe must be an integer >= 1, got 2.5"),
+        (dict(nfe=0), r"nfe must be an integer >= 1, got 0"),
+        (dict(nfe=True), r"nfe must be an integer >= 1"),
+        (dict(num_steps=0), r"num_steps must be an integer >= 1, got 0"),
+        (dict(nfe=4, grid="cosine"), r"grid must be one of \['quadratic', 'uniform'\], got 'cosine'"),
+        (dict(nfe=4, process=psld.PSLD()), r"process: a psld.PSLDModel brings its own process \(model.process\)"),
+    ]
+    for kwargs, match in bad:
+        with pytest.raises(ValueError, match=match):
+            rvv(model, KEY, 4, **kwargs)
+    with pytest.raises(ValueError, match=r"nfe=3 is too small for 'nvv': one step costs 4 .*give nfe >= 4"):
+        splitting.get("nvv")(model, KEY, 4, nfe=3)
+    with pytest.raises(ValueError, match=r"nfe=1 is too small for 'euler'.*give nfe >= 2"):
+        splitting.model_samples(model, "euler", 1, n=4)
+    with pytest.raises(ValueError, match=r"shape: a batch size \(4\) needs a psld.PSLDModel"):
+        rvv(nonlinear_eps, KEY, 4, process=P, nfe=4)
+    with pytest.raises(ValueError, match=r"process= \(a psld.PSLD\) is required with a bare eps_fn"):
+        rvv(nonlinear_eps, KEY, (4, 2), nfe=4)
+    for shape in [(4, 4), (4, 3, 2), (4,)]:      # the state shape, an extra axis, no data axes
+        with pytest.raises(ValueError, match=r"shape must be a batch size or the data shape .*\(B, 2\)"):
+            rvv(model, KEY, shape, nfe=4)
+    with pytest.raises(ValueError, match=r"shape \(a batch size\) must be an integer >= 1, got 0"):
+        rvv(model, KEY, 0, nfe=4)
+    with pytest.raises(ValueError, match="model must be a psld.PSLDModel or an eps_fn"):
+        rvv(3, KEY, (4, 2), process=P, nfe=4)
+    with pytest.raises(ValueError, match="unknown PSLD sampler 'heun': name must be one of"):
+        splitting.get("heun")
