@@ -316,8 +316,8 @@ def distill_round(teacher, student_init: dict | None, N: int, *, data, steps: in
     ``teacher``: any :class:`ddss_lite.Model` that exposes its network (``params``, ``net_apply``,
     ``prediction`` eps, x or v: the book's models, :func:`ddss_lite.models.from_network`); the grids are
     even in its schedule's time (:func:`student_grid`), and the student is the same network with the
-    distilled params (``teacher.with_params``), sampled with ``samplers.get("ddim")(student, key, shape,
-    logsnrs=student_grid(N, teacher))``.
+    distilled params (``teacher.with_params``), sampled like every model, ``samplers.get("ddim")(student,
+    key, shape, nfe=N)``, on the grid it was trained on (its default grid: ``student_grid(N, teacher)``).
 
     ``student_init``: the student's initial params (``None``: the teacher's, as in the paper).
     ``data``: an array of training examples (rows drawn with replacement) or a callable ``(key, n) -> x``.
@@ -378,7 +378,8 @@ def distill_round(teacher, student_init: dict | None, N: int, *, data, steps: in
                              config=dict(config, key=np.asarray(jax.random.key_data(key)).tolist()),
                              prediction=prediction, data_shape=teacher.data_shape)
     else:
-        student = teacher.with_params(state.params, name=name, prediction=prediction)
+        # sampled by default on the grid it was trained on (the book's models: their default grid already)
+        student = teacher.with_params(state.params, name=name, prediction=prediction, default_grid="time_uniform")
     return Round(student, cost)
 
 

@@ -365,6 +365,14 @@ def noise_key(seed: int = 0):
     return jax.random.fold_in(jax.random.PRNGKey(seed), 3)
 
 
+def _model_config(model) -> dict:
+    """What cached samples of ``model`` are keyed by besides its parameters: the training config of the
+    book's models (``model.config``), else the model's description and network
+    (:meth:`ddss_lite.models.Model.describe`, ``network_id``)."""
+    config = getattr(model, "config", None)
+    return config if config is not None else dict(model.describe(), network=model.network_id())
+
+
 def samples(model, label: str, draw, *, profile, seed: int = 0, **config) -> np.ndarray:
     """``profile.n_eval`` samples of the pre-trained ``model``, ``draw(denoise, key, shape)``, from the
     book's evaluation noise (:func:`noise_key`), cached: a chapter that draws the same ``label`` and
@@ -373,22 +381,36 @@ def samples(model, label: str, draw, *, profile, seed: int = 0, **config) -> np.
     The cache key holds the model's config and a digest of its parameters."""
     from ddss_lite import store
 
+    if getattr(model, "params", None) is None:
+        raise ValueError(f"model: samples of {model.name!r} cannot be cached, it exposes no params (a bare "
+                         "denoiser, models.from_denoiser); call the sampler directly")
     shape = (profile.n_eval, *model.data_shape)
-    cfg = dict(config, model=model.config, params=store.array_digest(model.params), shape=list(shape), seed=seed,
-               samples_format=SAMPLES_FORMAT)
+    cfg = dict(config, model=_model_config(model), params=store.array_digest(model.params), shape=list(shape),
+               seed=seed, samples_format=SAMPLES_FORMAT)
     return cached_samples(label, cfg, lambda: draw(model.denoiser(), noise_key(seed), shape))
 
 
-def sampler_samples(model, name: str, K: int, *, profile, seed: int = 0, logsnrs=None, **options) -> np.ndarray:
-    """:func:`samples` of the registered sampler ``name`` (``samplers.get_sampler``) with K steps on
-    ``logsnrs`` (default ``schedules.grid(K)``) and its ``options``."""
-    from ddss_lite import samplers, schedules
+def sampler_samples(model, name: str, K: int | None = None, *, profile, seed: int = 0, nfe: int | None = None,
+                    grid: str | None = None, logsnrs=None, **options) -> np.ndarray:
+    """:func:`samples` of the registered sampler ``name`` (``samplers.get(name)``, called on ``model``) at
+    ``nfe=`` network evaluations (``samplers.get(name).steps(nfe)`` steps), or at K steps (positional,
+    as the chapters call it), on ``logsnrs`` if given, else on the grid ``grid`` of
+    :mod:`ddss_lite.grids` made for ``model`` (default ``model.default_grid``: the even grid
+    ``schedules.grid(K)`` on the book's models), with the sampler's ``options``. The grid lies in
+    ``model.logsnr_range`` (:func:`ddss_lite.samplers.resolve_grid`). Cached by the model, sampler, K,
+    the grid's values and the options."""
+    from ddss_lite import samplers
 
-    grid = np.asarray(schedules.grid(K) if logsnrs is None else logsnrs, np.float64)
-    fn = samplers.get_sampler(name)
-    draw = lambda den, key, shape: fn(den, key, shape, logsnrs=grid.astype(np.float32), **options)
+    sampler = samplers.get(name)
+    if (K is None) == (nfe is None):
+        raise ValueError(f"sampler_samples: give K (steps) or nfe= (network evaluations), not "
+                         f"{'both' if K is not None else 'neither'}")
+    K = sampler.steps(nfe, **options) if K is None else check_K(K, name="K (steps)")
+    g = samplers.resolve_grid(model, K, logsnrs=logsnrs, grid=grid, data_end=sampler.data_end(options))
+    g = np.asarray(g, np.float64)
+    draw = lambda den, key, shape: sampler(model, key, shape, logsnrs=g.astype(np.float32), **options)
     return samples(model, f"{model.name}-{name}", draw, profile=profile, seed=seed, sampler=name, K=K,
-                   logsnrs=grid.tolist(), options=options)
+                   logsnrs=g.tolist(), options=options)
 
 
 def many_step_samples(model, profile, *, seed: int = 0, sampler: str = "ddpm") -> np.ndarray:

@@ -125,12 +125,20 @@ class NetworkModel(Model):
     """A :class:`Model` around a network ``apply(params, z_in, t_net) -> output`` (:func:`from_network`)."""
 
     def __init__(self, apply: Callable, params, *, prediction: str, schedule, data_shape, time_input: str,
-                 time_scale: float, rounding: bool, name: str, clip: float | None = None):
+                 time_scale: float, rounding: bool, name: str, clip: float | None = None,
+                 default_grid: str | None = None):
         self.apply, self.params, self.prediction = apply, params, prediction
+        self._default_grid = default_grid
         self.schedule, self.data_shape, self.name = schedule, tuple(data_shape), name
         self.time_input, self.time_scale, self.rounding, self.clip = time_input, float(time_scale), rounding, clip
         self._convert = _x_hat(prediction)
         self._denoisers: dict = {}
+
+    @property
+    def default_grid(self) -> str:
+        """:attr:`Model.default_grid`, or the grid this model was made for (a distilled student: the
+        grid its round trained it on, ``"time_uniform"``)."""
+        return self._default_grid or super().default_grid
 
     # -- the network's own time input
     def net_time(self, logsnr):
@@ -173,14 +181,20 @@ class NetworkModel(Model):
             self._denoisers[clip] = denoise
         return self._denoisers[clip]
 
-    def with_params(self, params, *, name: str | None = None, prediction: str | None = None) -> "NetworkModel":
-        """The same network with ``params`` (its output read as ``prediction``, default the same)."""
+    def with_params(self, params, *, name: str | None = None, prediction: str | None = None,
+                    default_grid: str | None = None) -> "NetworkModel":
+        """The same network with ``params`` (its output read as ``prediction``, default the same; sampled by
+        default on ``default_grid``, a name of :mod:`ddss_lite.grids`, default the same)."""
         if prediction is not None:
             check_choice(prediction, PREDICTIONS, name="prediction")
+        if default_grid is not None:
+            from ddss_lite import grids
+            check_choice(default_grid, tuple(grids.GRIDS), name="default_grid")
         return NetworkModel(self.apply, params, prediction=self.prediction if prediction is None else prediction,
                             schedule=self.schedule,
                             data_shape=self.data_shape, time_input=self.time_input, time_scale=self.time_scale,
-                            rounding=self.rounding, name=self.name if name is None else name, clip=self.clip)
+                            rounding=self.rounding, name=self.name if name is None else name, clip=self.clip,
+                            default_grid=self._default_grid if default_grid is None else default_grid)
 
     def network_id(self) -> str:
         fn = self.apply

@@ -378,6 +378,10 @@ def test_a_distillation_round_on_a_discrete_x_model(tmp_path):
     run = lambda m, N: samplers.get("ddim")(m, KEY, 256, logsnrs=distill.student_grid(N, teacher), z_init=z0)
     target = run(teacher, 4)
     assert float(jnp.mean((run(student, 2) - target) ** 2)) < float(jnp.mean((run(teacher, 2) - target) ** 2))
+    # called like every model, the student samples on the grid it was trained on (the teacher's default is
+    # its own timesteps, "leading")
+    assert student.default_grid == "time_uniform" and teacher.default_grid == "leading"
+    np.testing.assert_array_equal(samplers.get("ddim")(student, KEY, 256, nfe=2, z_init=z0), run(student, 2))
     with pytest.raises(ValueError, match="prediction \\(the teacher's"):
         distill.distill_round(models.from_network(x_net, PARAMS, prediction="score", schedule=SCHED,
                                                   data_shape=(3,)), None, 2, **kw)
@@ -397,3 +401,28 @@ def test_the_librarys_gaussian_network_is_this_files():
                                exact_flow(z64, LAM[900], np.inf), rtol=1e-12)
     np.testing.assert_allclose(models.gaussian_flow(params, z64, logsnr_t=LAM[900], logsnr_s=LAM[10]),
                                exact_flow(z64, LAM[900], LAM[10]), rtol=1e-12)
+
+
+def test_the_evaluation_helper_samples_on_the_models_own_grid(tmp_path, monkeypatch):
+    """``evaluation.sampler_samples`` on DDPM's model draws on the model's default grid (its own
+    timesteps, inside its range; the book's cosine grid from -20 would leave it), at ``nfe=``, equal to
+    the sampler call from the book's evaluation noise, and loads them from the cache the second time."""
+    from ddss_lite import evaluation
+    from ddss_lite.profiles import get_profile
+
+    monkeypatch.setenv("DDSS_BUILD_DIR", str(tmp_path))
+    P = get_profile("smoke")
+    x = evaluation.sampler_samples(MODEL, "ddim", profile=P, nfe=10)
+    direct = samplers.get("ddim")(MODEL, evaluation.noise_key(0), P.n_eval, nfe=10)
+    np.testing.assert_array_equal(x, np.asarray(direct))
+    cached = list((tmp_path / "cache").glob("samples-gauss-ddpm-ddim-*.npz"))
+    assert len(cached) == 1
+    np.testing.assert_array_equal(evaluation.sampler_samples(MODEL, "ddim", 10, profile=P), x)  # K = 10 steps
+    assert len(list((tmp_path / "cache").glob("samples-*.npz"))) == 1
+    with pytest.raises(ValueError, match="leaves the model's logsnr_range"):
+        evaluation.sampler_samples(MODEL, "ddim", 10, profile=P, logsnrs=schedules.grid(10))
+    with pytest.raises(ValueError, match="not both"):
+        evaluation.sampler_samples(MODEL, "ddim", 10, profile=P, nfe=10)
+    with pytest.raises(ValueError, match="no params"):
+        evaluation.sampler_samples(models.from_denoiser(MODEL.denoise, schedule=SCHED, data_shape=(3,)), "ddim",
+                                   profile=P, nfe=4)
