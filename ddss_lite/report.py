@@ -7,6 +7,9 @@
 * :func:`table` — a table as the reader sees it: a MyST table with a caption, numbers
   right-aligned (``nb_render_markdown_format: myst`` in ``_config.yml`` renders it as HTML).
 * :func:`write_results` — a chapter's tables as one JSON file under ``_build/results/``.
+* :func:`records`, :func:`select`, :func:`one` — results keyed by what they are about: each row names
+  its table, data set, model, sampler, grid and NFE as fields (never a ``"label|NFE=n"`` string that a
+  reader would have to parse back), and another chapter finds a row by those fields.
 
 The helpers that write files return ``None``, so a cell that ends with one shows no path.
 """
@@ -122,6 +125,57 @@ def read_results(chapter: str) -> dict:
         raise FileNotFoundError(f"{path} not found: execute chapter {chapter} first "
                                 f"(python book/execute.py --only {chapter})")
     return json.loads(path.read_text())
+
+
+RECORD_KEYS = ("table", "dataset", "model", "sampler", "grid", "nfe")
+"""What every record is about (:func:`records`)."""
+
+
+def records(rows: dict, *, table: str, keys=("sampler", "nfe"), **about) -> list[dict]:
+    """Records from a chapter's table ``rows`` keyed by tuples (e.g. ``q[label, nfe]``): the key's parts
+    named by ``keys``, the fields of ``about`` (``dataset``, ``model``, ``grid`` and any other), then the
+    row's values (a dict, or one number stored as ``value``). Every record names all of
+    :data:`RECORD_KEYS` (``grid``: a grid name of :mod:`ddss_lite.grids`, or what the chapter ran on,
+    e.g. ``"ELBO-optimal"``); a part of the key overrides ``about``, a value may not. ``nfe`` is an int."""
+    keys = (keys,) if isinstance(keys, str) else tuple(keys)
+    out = []
+    for k, v in rows.items():
+        parts = k if isinstance(k, tuple) else (k,)
+        if len(parts) != len(keys):
+            raise ValueError(f"records: a key of table {table!r} has {len(parts)} parts {parts!r}, but keys "
+                             f"names {len(keys)}: {keys}")
+        r = dict(about, table=table, **dict(zip(keys, parts)))
+        values = dict(v) if isinstance(v, dict) else {"value": v}
+        clash = sorted(set(values) & set(r))
+        if clash:
+            raise ValueError(f"records: the values of table {table!r} hold {clash}, which name what a record "
+                             "is about; rename them")
+        missing = [f for f in RECORD_KEYS if f not in r]
+        if missing:
+            raise ValueError(f"records: table {table!r} gives no {missing} (pass them as keys or keywords)")
+        if isinstance(r["nfe"], bool) or not isinstance(r["nfe"], (int, np.integer)) or r["nfe"] < 1:
+            raise ValueError(f"records: nfe must be an int >= 1, got {r['nfe']!r} in table {table!r}")
+        r["nfe"] = int(r["nfe"])
+        out.append({**r, **values})
+    return out
+
+
+def select(rows: list[dict], **match) -> list[dict]:
+    """The records of ``rows`` whose fields equal every ``match`` (``select(R["records"], table="quality",
+    nfe=10)``)."""
+    return [r for r in rows if all(k in r and r[k] == v for k, v in match.items())]
+
+
+def one(rows: list[dict], **match) -> dict:
+    """The one record matching ``match`` (:func:`select`); ``KeyError`` naming the match when there is
+    none (with the values the closest field holds) or several."""
+    found = select(rows, **match)
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        seen = {k: sorted({str(r.get(k)) for r in rows})[:12] for k in match}
+        raise KeyError(f"no record with {match}; the records hold {seen}")
+    raise KeyError(f"{len(found)} records match {match}; add a field that tells them apart")
 
 
 def pm(value: float, se: float, digits: int = 4) -> str:

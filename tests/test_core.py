@@ -171,3 +171,35 @@ def test_glue_html_table_escapes_cells_and_keeps_the_column_order(monkeypatch):
     html = glued["t"].data
     assert html.index("<th>a</th>") < html.index("<th>b</th>")
     assert "&lt;x&gt;" in html and "<td>1.5</td>" in html and "<caption>a &amp; b</caption>" in html
+
+
+def test_records_name_what_they_are_about_and_are_found_by_those_fields(tmp_path, monkeypatch):
+    """report.records turns a table keyed by (sampler, nfe) into rows that name their table, data set,
+    model, sampler, grid and NFE; they survive the results JSON, select/one find them by those fields
+    (no key string parsed back), and a table that cannot name all of them is refused."""
+    from ddss_lite import report
+
+    monkeypatch.setenv("DDSS_BUILD_DIR", str(tmp_path))
+    q = {("DDIM", 5): {"kid": 0.1, "kid_se": 0.01}, ("DDIM", 10): {"kid": 0.05, "kid_se": 0.01},
+         ("Heun", 10): {"kid": 0.04, "kid_se": 0.02}}
+    about = dict(dataset="digits", model="digits", grid="time_uniform")
+    rows = report.records(q, table="quality", **about)
+    rows += report.records({("DDIM", 10, 0.5): 3}, table="sweep", keys=("sampler", "nfe", "lam"), **about)
+    report.write_results("99_records", {"records": rows})
+    back = report.read_results("99_records")["records"]
+    assert back == rows and all(set(report.RECORD_KEYS) <= set(r) for r in back)
+    assert report.one(back, table="quality", sampler="Heun", nfe=10)["kid"] == 0.04
+    assert [r["nfe"] for r in report.select(back, table="quality", sampler="DDIM")] == [5, 10]
+    assert report.one(back, table="sweep", lam=0.5)["value"] == 3
+    with pytest.raises(KeyError, match="no record.*'nfe': \\['10', '5'\\]"):
+        report.one(back, table="quality", nfe=20)
+    with pytest.raises(KeyError, match="2 records match"):
+        report.one(back, table="quality", sampler="DDIM")
+    with pytest.raises(ValueError, match="no \\['grid'\\]"):
+        report.records(q, table="quality", dataset="digits", model="digits")
+    with pytest.raises(ValueError, match="nfe must be an int"):
+        report.records({("DDIM", "5"): 1.0}, table="quality", **about)
+    with pytest.raises(ValueError, match="2 parts"):
+        report.records(q, table="quality", keys=("sampler", "nfe", "lam"), **about)
+    with pytest.raises(ValueError, match="hold \\['model'\\]"):
+        report.records({("DDIM", 5): {"model": "x"}}, table="quality", **about)
