@@ -1,7 +1,8 @@
 """Each chapter's first cell installs ddss_lite on a fresh runtime (Colab) and the chapter's
 imports then work.
 
-The check, per chapter, on the notebook's own cells:
+The check, on the notebooks' own cells (every chapter has the same install cell, checked, so it
+runs once and then every chapter's imports run in that runtime):
 
 1. build a wheel of this working tree (tracked and untracked, not ignored files: what the
    cell's ``git+https`` URL builds once committed), offline when setuptools is installed here;
@@ -250,25 +251,31 @@ def test_localise_replaces_only_the_url(tmp_path):
         localise(cell.replace("git+https://github.com/o/r", "ddss_lite==0.1"), wheel)
 
 
-@pytest.mark.parametrize("chapter", CHAPTERS, ids=[p.stem for p in CHAPTERS])
-def test_install_cell_on_fresh_runtime(colab, chapter, tmp_path):
+def test_install_cell_on_fresh_runtime(colab, tmp_path):
+    """Every chapter has the same install cell: run it once on one fresh runtime, then every chapter's
+    imports there (each a labelled cell: a failure names the chapter)."""
     wheel, shadow, tmp = colab
-    install, imports = chapter_cells(chapter)
+    cells = {chapter.stem: chapter_cells(chapter) for chapter in CHAPTERS}
+    code = lambda src: "\n".join(line for line in src.splitlines() if not line.lstrip().startswith("#"))
+    installs = {code(install) for install, _ in cells.values()}      # the same code, comments aside
+    assert len(installs) == 1, f"the chapters' install cells differ: {sorted(installs)}"
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=TIMEOUT_S)
     python = venv / "bin" / "python"
     purelib = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                              capture_output=True, text=True, check=True, timeout=TIMEOUT_S).stdout.strip()
     pathlib.Path(purelib, "colab-runtime.pth").write_text(f"{shadow}\n")  # the preinstalled stack
-    cells = tmp_path / "cells.json"
-    cells.write_text(json.dumps([["install cell", localise(install, wheel)], ["imports", imports]]))
+    cells_json = tmp_path / "cells.json"
+    cells_json.write_text(json.dumps([["install cell", localise(installs.pop(), wheel)]]
+                                     + [[f"{name}: imports", imports] for name, (_, imports) in cells.items()]))
     modules = tmp_path / "modules.json"
     modules.write_text(json.dumps(library_imports(wheel)))
     runner = tmp_path / "runner.py"
     runner.write_text(RUNNER)
-    proc = subprocess.run([python, str(runner), str(cells), str(modules)], cwd=tmp_path, env=_env(tmp),
+    proc = subprocess.run([python, str(runner), str(cells_json), str(modules)], cwd=tmp_path, env=_env(tmp),
                           capture_output=True, text=True, timeout=TIMEOUT_S)
-    log = f"{chapter.name}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
+    log = f"--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
     assert proc.returncode == 0, log
+    assert all(f"--- {name}: imports" in proc.stdout for name in cells), log
     found = re.search(r"^DDSS_LITE_FILE=(.*)$", proc.stdout, re.MULTILINE)
     assert found and pathlib.Path(found.group(1)).is_relative_to(purelib), log
