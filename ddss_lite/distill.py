@@ -39,6 +39,7 @@ import json
 import math
 import pathlib
 import time
+import warnings
 from typing import NamedTuple
 
 import jax
@@ -303,6 +304,28 @@ def _root_name(model) -> str:
     return model.name.split("-distilled-")[0]
 
 
+_NO_COST = {"wall_s": None, "steps_timed": 0}     # a round whose time was never recorded
+
+
+def _read_cost(path: pathlib.Path) -> dict:
+    """The cost record beside a round's checkpoint: ``{"wall_s": float >= 0, "steps_timed": int >= 0}``;
+    missing: the time is unknown (:data:`_NO_COST`); unreadable or malformed: a warning naming the file,
+    and unknown too (the weights are fine; only the seconds that trained them are lost)."""
+    if not path.exists():
+        return _NO_COST
+    try:
+        record = json.loads(path.read_text())
+        wall, timed = record["wall_s"], record["steps_timed"]
+        if not (isinstance(timed, int) and timed >= 0 and (wall is None or (isinstance(wall, (int, float))
+                                                                            and np.isfinite(wall) and wall >= 0))):
+            raise ValueError(f"wall_s={wall!r}, steps_timed={timed!r}")
+        return record
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+        warnings.warn(f"{path}: unusable cost record ({type(e).__name__}: {e}); the round's weights load, its "
+                      "training time is reported as unknown", stacklevel=3)
+        return _NO_COST
+
+
 def _cost_path(ckpt: pathlib.Path) -> pathlib.Path:
     return ckpt.with_name(ckpt.name + ".cost.json")
 
@@ -367,8 +390,7 @@ def distill_round(teacher, student_init: dict | None, N: int, *, data, steps: in
         if path is not None:
             store.atomic_write_json(_cost_path(path), record)
     else:   # loaded complete: the record written by the run that trained it, if it got that far
-        record = (json.loads(_cost_path(path).read_text()) if path is not None and _cost_path(path).exists()
-                  else {"wall_s": None, "steps_timed": 0})
+        record = _read_cost(_cost_path(path)) if path is not None else _NO_COST
     cost = RoundCost(N=N, steps=steps, batch=batch, teacher_evals=2 * steps * batch, student_evals=steps * batch,
                      wall_s=record["wall_s"], steps_timed=int(record["steps_timed"]), from_cache=not timed)
     name = f"{_root_name(teacher)}-distilled-{N}"

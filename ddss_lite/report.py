@@ -110,21 +110,60 @@ def glue_html_table(name: str, rows: list[dict], columns: list[str], *, caption:
     _glue(name, HTML(table_html), display=False)
 
 
+CHAPTERS = ("01_setup", "02_baselines", "03_ddss", "04_dp_schedules", "05_distillation",
+            "06_conjugate_integrators", "07_splitting_integrators", "08_head_to_head")
+"""The book's chapters (``_toc.yml``, checked by the tests): the only names a results file may have."""
+
+
+def _check_chapter(chapter) -> str:
+    if not isinstance(chapter, str) or chapter not in CHAPTERS:
+        raise ValueError(f"chapter must be one of the book's chapters {list(CHAPTERS)}, got {chapter!r}")
+    return chapter
+
+
+def _json_values(obj, where: str = "results"):
+    """``obj`` with every non-finite float (NaN, +-inf; NumPy scalars and arrays included) replaced by
+    ``None`` (JSON ``null``): JSON holds no NaN. Dict keys must be strings, ints or floats."""
+    if isinstance(obj, dict):
+        bad = [k for k in obj if not isinstance(k, (str, int, float, np.integer)) or isinstance(k, bool)]
+        if bad:
+            raise TypeError(f"{where}: dict keys must be strings or numbers, got {bad[:3]!r}")
+        return {k: _json_values(v, f"{where}[{k!r}]") for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_values(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+    if isinstance(obj, np.ndarray):
+        return _json_values(obj.tolist(), where)
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if np.isfinite(obj) else None
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
+
+
 def write_results(chapter: str, results: dict) -> None:
-    """Write ``results`` (JSON-serialisable) to ``_build/results/{chapter}.json`` atomically."""
-    store.atomic_write_json(paths.results_dir() / f"{chapter}.json", results)
+    """Write ``results`` (JSON-serialisable: dicts, lists, numbers, strings, NumPy values) to
+    ``_build/results/{chapter}.json`` atomically. ``chapter`` is one of :data:`CHAPTERS`; NaN and
+    infinite numbers are written as ``null`` (read back as ``None``)."""
+    _check_chapter(chapter)
+    if not isinstance(results, dict):
+        raise TypeError(f"results must be a dict, got {type(results).__name__}")
+    store.atomic_write_json(paths.results_dir() / f"{chapter}.json", _json_values(results))
 
 
 def read_results(chapter: str) -> dict:
     """The results JSON an executed chapter wrote (:func:`write_results`); a clear error naming the
-    chapter to run first when it is missing."""
+    chapter to run first when it is missing, and naming the file when it cannot be read."""
     import json
 
-    path = paths.results_dir() / f"{chapter}.json"
+    path = paths.results_dir() / f"{_check_chapter(chapter)}.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: execute chapter {chapter} first "
                                 f"(python book/execute.py --only {chapter})")
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise store.CorruptFile(f"{path} is not a readable results file ({e}); execute chapter {chapter} again "
+                                f"(python book/execute.py --only {chapter})") from None
 
 
 RECORD_KEYS = ("table", "dataset", "model", "sampler", "grid", "nfe")

@@ -32,7 +32,10 @@ def atomic_write_bytes(path, data: bytes) -> None:
 
 
 def atomic_write_json(path, obj) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n").encode())
+    """``obj`` as JSON (keys sorted, NumPy values allowed), written atomically; NaN and infinities are
+    refused (``ValueError``): JSON has no such numbers."""
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=_json_default, allow_nan=False)
+                              + "\n").encode())
 
 
 def _json_default(o):

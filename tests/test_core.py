@@ -1,4 +1,6 @@
 """Schedules, the forward process, conversions, profiles and input checks."""
+import pathlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -185,8 +187,8 @@ def test_records_name_what_they_are_about_and_are_found_by_those_fields(tmp_path
     about = dict(dataset="digits", model="digits", grid="time_uniform")
     rows = report.records(q, table="quality", **about)
     rows += report.records({("DDIM", 10, 0.5): 3}, table="sweep", keys=("sampler", "nfe", "lam"), **about)
-    report.write_results("99_records", {"records": rows})
-    back = report.read_results("99_records")["records"]
+    report.write_results("08_head_to_head", {"records": rows})
+    back = report.read_results("08_head_to_head")["records"]
     assert back == rows and all(set(report.RECORD_KEYS) <= set(r) for r in back)
     assert report.one(back, table="quality", sampler="Heun", nfe=10)["kid"] == 0.04
     assert [r["nfe"] for r in report.select(back, table="quality", sampler="DDIM")] == [5, 10]
@@ -203,3 +205,40 @@ def test_records_name_what_they_are_about_and_are_found_by_those_fields(tmp_path
         report.records(q, table="quality", keys=("sampler", "nfe", "lam"), **about)
     with pytest.raises(ValueError, match="hold \\['model'\\]"):
         report.records({("DDIM", 5): {"model": "x"}}, table="quality", **about)
+
+
+def test_results_files_have_the_chapters_names_and_hold_json(tmp_path, monkeypatch):
+    """write_results takes only the book's chapter names (the _toc.yml list: nothing written outside the
+    results folder), writes NaN and infinities as null, refuses what JSON cannot hold; read_results names
+    a corrupt file and the chapter to run again."""
+    import json
+
+    from ddss_lite import report, store
+
+    monkeypatch.syspath_prepend(str(pathlib.Path(__file__).resolve().parents[1] / "book"))
+    import execute
+
+    assert tuple(pathlib.Path(c).stem for c in execute.chapters()) == report.CHAPTERS
+    monkeypatch.setenv("DDSS_BUILD_DIR", str(tmp_path))
+    for bad in ("../escape", "", "results", "99_other", None, 3):
+        with pytest.raises(ValueError, match="chapter must be one of the book's chapters"):
+            report.write_results(bad, {})
+        with pytest.raises(ValueError, match="chapter must be one of"):
+            report.read_results(bad)
+    assert not any(tmp_path.rglob("*.json"))
+    report.write_results("02_baselines", {"kid": float("nan"), "x": [np.float32(np.inf), 1.5, np.int64(3)],
+                                          "a": np.array([1.0, np.nan]), "n": {"1": -np.inf}})
+    text = (tmp_path / "results" / "02_baselines.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert report.read_results("02_baselines") == {"kid": None, "x": [None, 1.5, 3], "a": [1.0, None],
+                                                   "n": {"1": None}}
+    with pytest.raises(TypeError, match="results must be a dict"):
+        report.write_results("02_baselines", [1, 2])
+    with pytest.raises(TypeError, match="dict keys must be strings or numbers"):
+        report.write_results("02_baselines", {("a", 1): 2})
+    (tmp_path / "results" / "03_ddss.json").write_text('{"profile": "cpu", "tab')
+    with pytest.raises(store.CorruptFile, match="03_ddss.json is not a readable results file.*--only 03_ddss"):
+        report.read_results("03_ddss")
+    with pytest.raises(ValueError, match="Out of range float"):
+        store.atomic_write_json(tmp_path / "x.json", {"v": float("nan")})
+    assert json.loads((tmp_path / "results" / "02_baselines.json").read_text())["kid"] is None

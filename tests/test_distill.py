@@ -253,6 +253,15 @@ def test_round_checkpoint_is_keyed_by_what_determines_it_and_loaded_when_complet
     for x, y in zip(_leaves(first.student.params), _leaves(again.student.params)):
         np.testing.assert_array_equal(x, y)
     assert again.cost.from_cache and again.cost.wall_s == first.cost.wall_s
+    # a damaged cost record: a warning naming it, the weights still load, the round's time is unknown
+    cost_file = ckpt.with_name(ckpt.name + ".cost.json")
+    for damaged in ('{"wall_s": 1.0, "steps', '{"wall_s": 1.0}', '{"wall_s": -3, "steps_timed": 12}', "[]",
+                    '{"wall_s": 1.0, "steps_timed": "12"}', "\udcff"):
+        cost_file.write_text(damaged, errors="surrogateescape")
+        with pytest.warns(UserWarning, match="cost.json: unusable cost record"):
+            bad = distill.distill_round(teacher, None, 4, **kw)
+        assert calls == [] and bad.cost.from_cache and bad.cost.wall_s is None and bad.cost.steps_timed == 0
+        np.testing.assert_array_equal(_leaves(bad.student.params)[0], _leaves(first.student.params)[0])
     # another teacher (its params digest) is another round: it misses the cache and trains (the fake step counts)
     other = _tiny_teacher(params=jax.tree_util.tree_map(lambda a: a * 1.01, teacher.params))
     distill.distill_round(other, None, 4, **kw)
