@@ -128,7 +128,8 @@ def _json_values(obj, where: str = "results"):
         bad = [k for k in obj if not isinstance(k, (str, int, float, np.integer)) or isinstance(k, bool)]
         if bad:
             raise TypeError(f"{where}: dict keys must be strings or numbers, got {bad[:3]!r}")
-        return {k: _json_values(v, f"{where}[{k!r}]") for k, v in obj.items()}
+        return {(int(k) if isinstance(k, np.integer) else k): _json_values(v, f"{where}[{k!r}]")
+                for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [_json_values(v, f"{where}[{i}]") for i, v in enumerate(obj)]
     if isinstance(obj, np.ndarray):

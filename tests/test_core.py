@@ -227,7 +227,7 @@ def test_results_files_have_the_chapters_names_and_hold_json(tmp_path, monkeypat
             report.read_results(bad)
     assert not any(tmp_path.rglob("*.json"))
     report.write_results("02_baselines", {"kid": float("nan"), "x": [np.float32(np.inf), 1.5, np.int64(3)],
-                                          "a": np.array([1.0, np.nan]), "n": {"1": -np.inf}})
+                                          "a": np.array([1.0, np.nan]), "n": {np.int64(1): -np.inf}})
     text = (tmp_path / "results" / "02_baselines.json").read_text()
     assert "NaN" not in text and "Infinity" not in text
     assert report.read_results("02_baselines") == {"kid": None, "x": [None, 1.5, 3], "a": [1.0, None],
