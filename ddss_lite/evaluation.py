@@ -413,6 +413,25 @@ def sampler_samples(model, name: str, K: int | None = None, *, profile, seed: in
                    logsnrs=g.tolist(), options=options)
 
 
+def family_samples(model, family: str, params: dict, *, profile, seed: int = 0, logsnrs=None) -> np.ndarray:
+    """:func:`samples` of the learnable ``family`` (``"rddim"``, ``"ggdm"``) bound to ``params`` (e.g. a
+    DDSS search's result, or its ``params`` read back from a results file) on ``logsnrs`` (default: the
+    model's default grid with the params' K), called on ``model``. The one cache key of a searched
+    sampler's draws, shared by every chapter that draws it: the family, K, a digest of the params (as
+    float32) and the grid's values."""
+    from ddss_lite import samplers, store
+
+    fam = samplers.get_family(family)
+    if not isinstance(params, dict):
+        raise TypeError(f"params must be a dict of the {family} family's arrays, got {type(params).__name__}")
+    params = {k: np.asarray(v, np.float32) for k, v in params.items()}
+    K = fam.num_steps(params)
+    g = samplers.resolve_grid(model, K, logsnrs=logsnrs, data_end="logsnr_logits" not in params)
+    bound = fam.bind(params, np.asarray(g, np.float32))
+    return samples(model, f"ddss-{family}", lambda den, key, shape: bound(model, key, shape), profile=profile,
+                   seed=seed, K=K, searched=store.array_digest(params), logsnrs=np.asarray(g, np.float64).tolist())
+
+
 def many_step_samples(model, profile, *, seed: int = 0, sampler: str = "ddpm") -> np.ndarray:
     """``profile.n_eval`` samples of ``model`` with ``sampler`` on the ``profile.ref_steps``-step grid,
     from :func:`noise_key` (``seed``): the book's many-step reference row, drawn once and cached."""

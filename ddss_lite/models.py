@@ -187,9 +187,8 @@ class NetworkModel(Model):
         default on ``default_grid``, a name of :mod:`ddss_lite.grids`, default the same)."""
         if prediction is not None:
             check_choice(prediction, PREDICTIONS, name="prediction")
-        if default_grid is not None:
-            from ddss_lite import grids
-            check_choice(default_grid, tuple(grids.GRIDS), name="default_grid")
+        if default_grid is not None and not isinstance(default_grid, str):   # a name; grids.get checks it
+            raise TypeError(f"default_grid must be a grid name of ddss_lite.grids, got {default_grid!r}")
         return NetworkModel(self.apply, params, prediction=self.prediction if prediction is None else prediction,
                             schedule=self.schedule,
                             data_shape=self.data_shape, time_input=self.time_input, time_scale=self.time_scale,

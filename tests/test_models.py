@@ -426,3 +426,27 @@ def test_the_evaluation_helper_samples_on_the_models_own_grid(tmp_path, monkeypa
     with pytest.raises(ValueError, match="no params"):
         evaluation.sampler_samples(models.from_denoiser(MODEL.denoise, schedule=SCHED, data_shape=(3,)), "ddim",
                                    profile=P, nfe=4)
+
+
+def test_a_searched_families_draws_have_one_cache_key(tmp_path, monkeypatch):
+    """``evaluation.family_samples``: RDDIM bound to DDIM's params draws what DDIM draws (same noise, the
+    model's grid), and params read back from JSON (lists) hit the entry the arrays wrote (one cache key
+    for a searched sampler, whichever chapter draws it)."""
+    import json
+
+    from ddss_lite import evaluation
+    from ddss_lite.profiles import get_profile
+
+    monkeypatch.setenv("DDSS_BUILD_DIR", str(tmp_path))
+    P = get_profile("smoke")
+    g = samplers.resolve_grid(MODEL, 6, data_end=True)
+    params = samplers.RDDIM.init_from_ddim(6, logsnrs=g)
+    x = evaluation.family_samples(MODEL, "rddim", params, profile=P)
+    ddim = evaluation.sampler_samples(MODEL, "ddim", 6, profile=P)
+    np.testing.assert_allclose(x, ddim, rtol=1e-5, atol=1e-5)
+    from_json = json.loads(json.dumps({k: np.asarray(v).tolist() for k, v in params.items()}))
+    again = evaluation.family_samples(MODEL, "rddim", from_json, profile=P, logsnrs=g)
+    np.testing.assert_array_equal(again, x)
+    assert len(list((tmp_path / "cache").glob("samples-ddss-rddim-*.npz"))) == 1
+    with pytest.raises(ValueError, match="unknown family"):
+        evaluation.family_samples(MODEL, "ddim", params, profile=P)
