@@ -116,6 +116,8 @@ __all__ = [
     "lambda_ddim",
     "conjugate_poly",
     "nfe",
+    "LamSweep",
+    "tune_lam",
     "registry",
     "SAMPLERS",
     "ORDERS",
@@ -487,6 +489,67 @@ def conjugate_poly(denoise, key, shape, *, logsnrs, lam=0.0, r: int = 2, remat: 
 def nfe(K: int, **_) -> int:
     """Network evaluations of either sampler with K steps: K."""
     return check_K(K)
+
+
+# --------------------------------------------------------------------------- choosing lam
+
+
+@dataclasses.dataclass(frozen=True)
+class LamSweep:
+    """The result of :func:`tune_lam`: every ``lam`` tried with its score, the chosen one, and the
+    up-front cost: ``n`` samples at ``nfe`` evaluations for each of the ``lams``."""
+
+    nfe: int
+    n: int
+    lams: tuple
+    scores: dict          # lam -> score(x) as returned
+    best: float
+
+    @property
+    def cost_nfe(self) -> int:
+        """Network evaluations (of one sample each) the sweep spent: ``n * nfe * len(lams)``."""
+        return self.n * self.nfe * len(self.lams)
+
+
+def tune_lam(model, nfe: int, lams, *, score: Callable, key, n: int, select: Callable | None = None,
+             r: int = 0, grid: str | None = None, on_samples: Callable | None = None) -> LamSweep:
+    """Choose ``lam`` for the conjugate integrator of degree ``r`` (0: lambda-DDIM) on ``model`` at
+    ``nfe`` network evaluations: run it at every value of ``lams`` from the same noise (``key``, ``n``
+    samples, one compiled program with ``lam`` traced) on the model's grid (``grid``, default the
+    model's for these samplers), score each set with ``score(x)``, and take the ``lam`` whose
+    ``select(score)`` is lowest (default: the score itself, which must then be a number). Ties go to
+    the first in ``lams``. ``on_samples(lam, x)``, if given, sees every set. The sweep's cost,
+    ``n * nfe * len(lams)`` evaluations (:attr:`LamSweep.cost_nfe`), is what the chosen ``lam``
+    costs up front; score on features or data the final evaluation does not use (the book uses the
+    optimisation classifier and its own noise)."""
+    from ddss_lite import samplers
+    from ddss_lite.models import check_model
+
+    model = check_model(model)
+    r = _check_r(r)
+    nfe, n = check_K(nfe, name="nfe"), check_K(n, name="n")
+    if not callable(score):
+        raise TypeError(f"score must be a function x -> number or dict, got {type(score).__name__}")
+    lams = tuple(_check_lam(lam) for lam in np.atleast_1d(np.asarray(lams, dtype=object)).tolist())
+    if not lams:
+        raise ValueError("lams must hold at least one value")
+    select = (lambda v: v) if select is None else select
+    g = samplers.resolve_grid(model, nfe, grid=grid, data_end=False)
+    shape = (n, *model.data_shape)
+    fn = conjugate_poly if r else lambda *a, r, **k: lambda_ddim(*a, **k)
+    run = jax.jit(lambda lam: fn(model.denoise, key, shape, logsnrs=g, lam=lam, r=r, schedule=model.schedule))
+    scores = {}
+    for lam in lams:
+        x = np.asarray(run(jnp.float32(lam)))
+        if on_samples is not None:
+            on_samples(lam, x)
+        scores[lam] = score(x)
+    values = {lam: float(select(v)) for lam, v in scores.items()}
+    bad = [lam for lam, v in values.items() if not np.isfinite(v)]
+    if bad:
+        raise ValueError(f"score: not finite at lam = {bad} (select(score(x)) must be a finite number)")
+    best = min(lams, key=lambda lam: values[lam])
+    return LamSweep(nfe, n, lams, scores, best)
 
 
 # --------------------------------------------------------------------------- registry

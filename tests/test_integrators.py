@@ -470,3 +470,34 @@ def test_the_sampler_call_runs_in_the_models_time():
             s(lin, KEY, 4, nfe=6, lam=0.8, schedule=schedules.Cosine(), **opts)
     with pytest.raises(TypeError, match="schedule"):
         integrators.conjugate_coefficients(schedules.grid(4), schedule="cosine")
+
+
+def test_tune_lam_picks_the_argmin_of_the_score_over_direct_runs():
+    """``tune_lam`` on Gaussian data: every lam's samples equal a direct lambda-DDIM call on the same
+    noise (one program with lam traced), the chosen lam minimises the score (here the variance error
+    against the data's), and the cost is n * nfe * len(lams); bad input is refused by name."""
+    from ddss_lite import models
+
+    model = models.from_denoiser(gaussian_denoiser, schedule=schedules.Cosine(), data_shape=(3,))
+    lams, key, n, nfe = (-3e-3, -1e-3, 0.0, 1e-3), jax.random.PRNGKey(3), 256, 8
+    err = lambda x: abs(float(np.var(x)) - G.s ** 2)
+    seen = {}
+    sweep = integrators.tune_lam(model, nfe, lams, score=err, key=key, n=n, on_samples=seen.__setitem__)
+    g = samplers.resolve_grid(model, nfe, data_end=False)
+    for lam in lams:
+        direct = np.asarray(integrators.lambda_ddim(gaussian_denoiser, key, (n, 3), logsnrs=g, lam=lam))
+        np.testing.assert_allclose(seen[lam], direct, rtol=1e-5, atol=1e-6)
+        assert sweep.scores[lam] == err(seen[lam])
+    assert sweep.best == min(lams, key=lambda lam: err(seen[lam])) and sweep.cost_nfe == n * nfe * len(lams)
+    poly = integrators.tune_lam(model, nfe, (0.0,), score=err, key=key, n=n, r=2)
+    assert poly.best == 0.0
+    with pytest.raises(ValueError, match="lam"):
+        integrators.tune_lam(model, nfe, (0.0, float("nan")), score=err, key=key, n=n)
+    with pytest.raises(ValueError, match="score: not finite"):
+        integrators.tune_lam(model, nfe, (0.0,), score=lambda x: float("nan"), key=key, n=n)
+    with pytest.raises(TypeError, match="score must be a function"):
+        integrators.tune_lam(model, nfe, (0.0,), score=None, key=key, n=n)
+    with pytest.raises(TypeError, match="ddss_lite.Model"):
+        integrators.tune_lam(gaussian_denoiser, nfe, (0.0,), score=err, key=key, n=n)
+    with pytest.raises(ValueError, match="at least one"):
+        integrators.tune_lam(model, nfe, (), score=err, key=key, n=n)
