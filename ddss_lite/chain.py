@@ -33,7 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from ddss_lite import parallel
-from ddss_lite.validate import check_finite, check_increasing, check_K, check_shape
+from ddss_lite.validate import (check_finite, check_increasing, check_K, check_key, check_sample_shape,  # noqa: F401
+                                check_shape, is_concrete)
 
 __all__ = [
     "default_dtype",
@@ -58,38 +59,6 @@ __all__ = [
 def default_dtype():
     """float64 when ``jax_enable_x64`` is on, else float32."""
     return jnp.zeros(()).dtype
-
-
-def is_concrete(x) -> bool:
-    """True when no leaf of ``x`` is a tracer: value checks run only on concrete inputs."""
-    return not any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(x))
-
-
-def check_key(key, *, name: str = "key"):
-    """``key`` must be a JAX PRNG key: a typed key array of shape () or a raw ``uint32`` array
-    of shape (2,) (``jax.random.PRNGKey``)."""
-    dtype = getattr(key, "dtype", None)
-    if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
-        if key.shape != ():
-            raise ValueError(f"{name} must be a single PRNG key, got a key array of shape {key.shape}")
-        return key
-    if dtype is None or np.dtype(dtype) != np.uint32 or tuple(np.shape(key)) != (2,):
-        got = f"{type(key).__name__} of dtype {dtype} and shape {np.shape(key)}" if dtype is not None else repr(key)
-        raise ValueError(f"{name} must be a PRNG key (jax.random.PRNGKey(seed) or jax.random.key(seed)), got {got}")
-    return key
-
-
-def check_sample_shape(shape) -> tuple:
-    """``shape`` must be a non-empty tuple of positive integers, batch axis first."""
-    try:
-        shape = tuple(shape)
-    except TypeError:
-        raise ValueError(f"shape must be a tuple (B, ...) of positive integers, got {shape!r}") from None
-    if not shape:
-        raise ValueError("shape must be a tuple (B, ...) of positive integers with a batch axis, got ()")
-    for d in shape:
-        check_K(d, name="shape entries")
-    return shape
 
 
 def check_logsnrs(logsnrs, dtype=None, *, name: str = "logsnrs", data_end: bool = False):

@@ -32,9 +32,8 @@ from typing import Callable
 import jax.numpy as jnp
 import numpy as np
 
-from ddss_lite import chain
 from ddss_lite.models import check_model
-from ddss_lite.validate import check_K
+from ddss_lite.validate import check_K, is_concrete
 
 DATA_END = float("inf")
 """The last point of a discrete grid: log-SNR ``+inf`` (the data), reached by a step that returns ``x_hat``."""
@@ -182,7 +181,7 @@ def check_in_range(logsnrs, model, *, name: str = "logsnrs"):
     """Every point of ``logsnrs`` must lie in ``model.logsnr_range`` (to float32 rounding), except a last
     point at the data (:data:`DATA_END`). Raises ``ValueError`` naming the range; returns ``logsnrs``.
     Runs only on concrete grids (under a trace the values are unknown)."""
-    if not chain.is_concrete(logsnrs):
+    if not is_concrete(logsnrs):
         return logsnrs
     lam = np.asarray(logsnrs, np.float64)
     lo, hi = model.logsnr_range

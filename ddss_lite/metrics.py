@@ -28,8 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ddss_lite.chain import is_concrete
-from ddss_lite.validate import check_choice, check_finite, check_K
+from ddss_lite.validate import check_choice, check_finite, check_K, is_concrete
 
 
 # --------------------------------------------------------------------------- kernels

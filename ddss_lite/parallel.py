@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from ddss_lite.validate import check_choice, check_K
+from ddss_lite.validate import check_choice, check_K, check_key, check_sample_shape
 
 __all__ = [
     "AXIS",
@@ -348,8 +348,6 @@ def sample(sample_fn: Callable, key, shape, *, mesh=None, devices=None) -> jax.A
     out row-wise. Returns a global array of ``B`` rows (the padding dropped), equal to
     ``sample_fn(key, shape)`` on one device to float tolerance; :func:`to_host` gathers it.
     """
-    from ddss_lite.chain import check_key, check_sample_shape
-
     shape = check_sample_shape(shape)
     if mesh is not None and devices is not None:
         raise ValueError("give mesh or devices, not both")

@@ -1,5 +1,6 @@
 """Input checks shared by the library: each raises ``ValueError`` naming the
-parameter and its valid range, so bad input fails at the edge, not deep in the math."""
+parameter and its valid range, so bad input fails at the edge, not deep in the math.
+The bottom of the library: it imports no other ``ddss_lite`` module."""
 from __future__ import annotations
 
 import numpy as np
@@ -51,3 +52,39 @@ def check_shape(x, shape, *, name: str):
         want = tuple("*" if s is None else s for s in shape)
         raise ValueError(f"{name} must have shape {want}, got {got}")
     return x
+
+
+def is_concrete(x) -> bool:
+    """True when no leaf of ``x`` is a tracer: value checks run only on concrete inputs."""
+    import jax
+
+    return not any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(x))
+
+
+def check_key(key, *, name: str = "key"):
+    """``key`` must be a JAX PRNG key: a typed key array of shape () or a raw ``uint32`` array
+    of shape (2,) (``jax.random.PRNGKey``)."""
+    import jax
+
+    dtype = getattr(key, "dtype", None)
+    if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+        if key.shape != ():
+            raise ValueError(f"{name} must be a single PRNG key, got a key array of shape {key.shape}")
+        return key
+    if dtype is None or np.dtype(dtype) != np.uint32 or tuple(np.shape(key)) != (2,):
+        got = f"{type(key).__name__} of dtype {dtype} and shape {np.shape(key)}" if dtype is not None else repr(key)
+        raise ValueError(f"{name} must be a PRNG key (jax.random.PRNGKey(seed) or jax.random.key(seed)), got {got}")
+    return key
+
+
+def check_sample_shape(shape) -> tuple:
+    """``shape`` must be a non-empty tuple of positive integers, batch axis first."""
+    try:
+        shape = tuple(shape)
+    except TypeError:
+        raise ValueError(f"shape must be a tuple (B, ...) of positive integers, got {shape!r}") from None
+    if not shape:
+        raise ValueError("shape must be a tuple (B, ...) of positive integers with a batch axis, got ()")
+    for d in shape:
+        check_K(d, name="shape entries")
+    return shape
