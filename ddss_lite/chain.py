@@ -52,6 +52,8 @@ __all__ = [
     "normal_rows",
     "prior_sample",
     "scan_chain",
+    "run_steps",
+    "markov_chain",
     "sample_sharded",
 ]
 
@@ -236,3 +238,35 @@ def sample_sharded(sample_fn: Callable, key, shape, *, devices=None):
     PartitionSpec("batch"))`` and XLA partitions the chain along the batch.
     """
     return parallel.sample(sample_fn, key, shape, devices=devices)
+
+
+def run_steps(step, z0, per_step, key_steps, *, carry=None, remat, return_trajectory):
+    """Scan ``step(carry, p, key_i) -> (carry, z_next, x_hat)`` over the steps; check every x_hat is
+    finite (naming the first bad step); return ``z_K`` (and the trajectory). The carry is ``z`` itself
+    or a tuple whose *last* element is ``z``."""
+    carry0 = z0 if carry is None else carry
+
+    def body(c, p, key_i):
+        c, z_next, x_hat = step(c, p, key_i)
+        return c, (z_next if return_trajectory else None, all_finite(x_hat))
+
+    c, (ys, ok) = scan_chain(body, carry0, per_step, key=key_steps, remat=remat)
+    raise_if_nonfinite(ok)
+    z = c if carry is None else c[-1]
+    return finish(z, with_start(z0, ys) if return_trajectory else None, return_trajectory)
+
+
+def markov_chain(denoise, z0, key_steps, *, logsnrs, mu, nu, c, stochastic, remat, return_trajectory):
+    """The one-step-memory chain ``z_{i+1} = mu_i x_hat(z_i, lambda_i) + nu_i z_i + c_i xi_i``
+    (DESIGN.md section 4; ``mu``, ``nu``, ``c`` of shape (K,)), run by :func:`run_steps`; ``stochastic``
+    draws ``xi_i`` (else ``c`` is ignored)."""
+
+    def step(z, p, key_i):
+        logsnr_t, mu_i, nu_i, c_i = p
+        x_hat = call_denoiser(denoise, z, logsnr_t)
+        z_next = mu_i * x_hat + nu_i * z
+        if stochastic:
+            z_next = z_next + c_i * normal_rows(key_i, z.shape, z.dtype)
+        return z_next, z_next, x_hat
+
+    return run_steps(step, z0, (logsnrs[:-1], mu, nu, c), key_steps, remat=remat, return_trajectory=return_trajectory)

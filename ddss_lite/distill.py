@@ -375,9 +375,9 @@ def distill_round(teacher, student_init: dict | None, N: int, *, data, steps: in
         path = root / f"distill-{_root_name(teacher)}-N{N}-{store.config_hash(full)}.ckpt"
         start = _steps_done(path, student_init, optimizer, steps, full)
         t0 = time.perf_counter()
-        # ``full`` is already complete: ``_fit`` does not probe the loss and optimiser again (that
-        # would compile the loss a second time inside the timed region)
-        state = train._fit(loss_fn, student_init, ckpt_path=path, config=full, stop_after=None, **kw)
+        # ``full`` is already complete: it is not probed again (that would compile the loss a second
+        # time inside the timed region)
+        state = train.fit_with_config(loss_fn, student_init, ckpt_path=path, config=full, stop_after=None, **kw)
     else:
         start, t0 = 0, time.perf_counter()
         state = train.fit(loss_fn, student_init, **kw)

@@ -193,3 +193,19 @@ def check_in_range(logsnrs, model, *, name: str = "logsnrs"):
                          f"{model.name!r} was trained on) at {bad[:5].tolist()}; make it with ddss_lite.grids "
                          f"(grids.get(name)(K, model)), or pass allow_outside_range=True if you mean it")
     return logsnrs
+
+
+def for_model(model, K: int, *, logsnrs=None, grid: str | None = None, allow_outside_range: bool = False,
+                 data_end: bool = True, **grid_options):
+    """The grid a sampler of K steps runs on for ``model``: ``logsnrs`` (checked to lie in the model's
+    range unless ``allow_outside_range``), else ``get(grid or model.default_grid)(K, model)``.
+    A discrete model's default grid ends at the data; ``data_end=False`` (samplers that cannot step
+    there) uses the continuous ``"time_uniform"`` grid on its schedule instead."""
+    if logsnrs is not None:
+        if grid is not None:
+            raise ValueError("give logsnrs or grid, not both")
+        return logsnrs if allow_outside_range else check_in_range(logsnrs, model)
+    name = grid if grid is not None else model.default_grid
+    if grid is None and not data_end and name in DISCRETE:
+        name = "time_uniform"
+    return get(name)(K, model, **grid_options)

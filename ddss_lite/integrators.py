@@ -87,8 +87,8 @@ form. Under ``jit`` with a traced grid (or lam) the same host function runs thro
 
 Both samplers have the signature of :mod:`ddss_lite.samplers` (``remat``, ``return_trajectory``,
 ``z_init``, ``dtype``) plus ``schedule`` (the time above; the sampler call passes the model's), draw ``z_0`` like every sampler there, check every ``x_hat`` for NaN/Inf,
-and cost one network evaluation per step (NFE = K). Registry: :data:`SAMPLERS` (built on first
-access, so that :mod:`ddss_lite.samplers` can import this module at its end).
+and cost one network evaluation per step (NFE = K). They are registered in
+:data:`ddss_lite.samplers.SAMPLERS` (``samplers.get("lambda_ddim")``, ``samplers.get("conjugate_poly")``).
 """
 from __future__ import annotations
 
@@ -101,7 +101,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ddss_lite import chain, schedules
+from ddss_lite import chain, grids, schedules
+from ddss_lite.models import check_model
 from ddss_lite.schedules import LOGSNR_MAX, LOGSNR_MIN
 from ddss_lite.validate import check_finite, check_increasing, check_K
 
@@ -118,8 +119,6 @@ __all__ = [
     "nfe",
     "LamSweep",
     "tune_lam",
-    "registry",
-    "SAMPLERS",
     "ORDERS",
 ]
 
@@ -441,10 +440,8 @@ def lambda_ddim(denoise, key, shape, *, logsnrs, lam=0.0, remat: bool = True, re
     ``lam = 0`` (the default) is DDIM (:func:`ddss_lite.samplers.ddim`). First order in K for every lam.
     ``lam`` must be finite. NFE = K.
     """
-    from ddss_lite import samplers as _samplers   # at call time: samplers imports this module at its end
-
     z0, key_steps, dtype, logsnrs, mu, nu = _setup(key, shape, z_init, dtype, logsnrs, lam, 0, schedule)
-    return _samplers._markov_chain(denoise, z0, key_steps, logsnrs=logsnrs, mu=mu[:, 0], nu=nu[:, 0],
+    return chain.markov_chain(denoise, z0, key_steps, logsnrs=logsnrs, mu=mu[:, 0], nu=nu[:, 0],
                                    c=jnp.zeros_like(mu[:, 0]), stochastic=False, remat=remat,
                                    return_trajectory=return_trajectory)
 
@@ -462,8 +459,6 @@ def conjugate_poly(denoise, key, shape, *, logsnrs, lam=0.0, r: int = 2, remat: 
     ``O(h^{r+2})``: order ``r + 1`` from accurate starting values, ``min(r + 1, 2)`` with the lower-order
     first steps used here (module notes). ``r`` in {0, 1, 2, 3}, ``lam`` finite. NFE = K.
     """
-    from ddss_lite import samplers as _samplers
-
     r = _check_r(r)
     if r == 0:
         return lambda_ddim(denoise, key, shape, logsnrs=logsnrs, lam=lam, remat=remat,
@@ -482,7 +477,7 @@ def conjugate_poly(denoise, key, shape, *, logsnrs, lam=0.0, r: int = 2, remat: 
         return (z_hist, x_hist, z_next), z_next, x_hat
 
     hist0 = jnp.zeros((r,) + z0.shape, z0.dtype)
-    return _samplers._run(step, z0, (logsnrs[:-1], mu, nu), key_steps, carry=(hist0, hist0, z0), remat=remat,
+    return chain.run_steps(step, z0, (logsnrs[:-1], mu, nu), key_steps, carry=(hist0, hist0, z0), remat=remat,
                           return_trajectory=return_trajectory)
 
 
@@ -522,9 +517,6 @@ def tune_lam(model, nfe: int, lams, *, score: Callable, key, n: int, select: Cal
     ``n * nfe * len(lams)`` evaluations (:attr:`LamSweep.cost_nfe`), is what the chosen ``lam``
     costs up front; score on features or data the final evaluation does not use (the book uses the
     optimisation classifier and its own noise)."""
-    from ddss_lite import samplers
-    from ddss_lite.models import check_model
-
     model = check_model(model)
     r = _check_r(r)
     nfe, n = check_K(nfe, name="nfe"), check_K(n, name="n")
@@ -534,7 +526,7 @@ def tune_lam(model, nfe: int, lams, *, score: Callable, key, n: int, select: Cal
     if not lams:
         raise ValueError("lams must hold at least one value")
     select = (lambda v: v) if select is None else select
-    g = samplers.resolve_grid(model, nfe, grid=grid, data_end=False)
+    g = grids.for_model(model, nfe, grid=grid, data_end=False)
     shape = (n, *model.data_shape)
     fn = conjugate_poly if r else lambda *a, r, **k: lambda_ddim(*a, **k)
     run = jax.jit(lambda lam: fn(model.denoise, key, shape, logsnrs=g, lam=lam, r=r, schedule=model.schedule))
@@ -550,29 +542,3 @@ def tune_lam(model, nfe: int, lams, *, score: Callable, key, n: int, select: Cal
         raise ValueError(f"score: not finite at lam = {bad} (select(score(x)) must be a finite number)")
     best = min(lams, key=lambda lam: values[lam])
     return LamSweep(nfe, n, lams, scores, best)
-
-
-# --------------------------------------------------------------------------- registry
-
-
-@functools.lru_cache(maxsize=1)
-def registry() -> dict:
-    """``{"lambda_ddim", "conjugate_poly"}`` as :class:`ddss_lite.samplers.Sampler` entries."""
-    from ddss_lite.samplers import Sampler
-
-    return {
-        "lambda_ddim": Sampler("lambda_ddim", lambda_ddim, nfe,
-                               "Pandey et al. 2024, conjugate integrator with B_t = lambda I (lambda-DDIM)",
-                               lambda o: False, takes_schedule=True),
-        "conjugate_poly": Sampler("conjugate_poly", conjugate_poly, nfe,
-                                  "Pandey et al. 2024 (B_t = lambda I) with polynomial eps, as DEIS "
-                                  "(Zhang & Chen 2023)", lambda o: False, takes_schedule=True),
-    }
-
-
-def __getattr__(name):
-    # SAMPLERS is built on first access (PEP 562): importing ddss_lite.samplers here at import time
-    # would make the two modules' import order matter.
-    if name == "SAMPLERS":
-        return registry()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ddss_lite import chain, grids
+from ddss_lite import chain, grids, integrators
 from ddss_lite.models import as_denoiser
 from ddss_lite.schedules import alpha_sigma, grid
 from ddss_lite.validate import check_finite, check_K, check_shape
@@ -81,22 +81,6 @@ def _check_eta(eta):
     return eta
 
 
-def _run(step, z0, per_step, key_steps, *, carry=None, remat, return_trajectory):
-    """Scan ``step(carry, p, key_i) -> (carry, z_next, x_hat)`` over the steps; check every x_hat is
-    finite (naming the first bad step); return ``z_K`` (and the trajectory). The carry is ``z`` itself
-    or a tuple whose *last* element is ``z``."""
-    carry0 = z0 if carry is None else carry
-
-    def body(c, p, key_i):
-        c, z_next, x_hat = step(c, p, key_i)
-        return c, (z_next if return_trajectory else None, chain.all_finite(x_hat))
-
-    c, (ys, ok) = chain.scan_chain(body, carry0, per_step, key=key_steps, remat=remat)
-    chain.raise_if_nonfinite(ok)
-    z = c if carry is None else c[-1]
-    return chain.finish(z, chain.with_start(z0, ys) if return_trajectory else None, return_trajectory)
-
-
 # --------------------------------------------------------------------------- DDPM / DDIM(eta)
 
 
@@ -134,20 +118,6 @@ def ddim_coefficients(*, logsnr_t, logsnr_s, eta=0.0):
     return mu, nu, c
 
 
-def _markov_chain(denoise, z0, key_steps, *, logsnrs, mu, nu, c, stochastic, remat, return_trajectory):
-    """The one-step-memory chain ``z_{i+1} = mu_i x_hat(z_i, lambda_i) + nu_i z_i + c_i xi_i``."""
-
-    def step(z, p, key_i):
-        logsnr_t, mu_i, nu_i, c_i = p
-        x_hat = chain.call_denoiser(denoise, z, logsnr_t)
-        z_next = mu_i * x_hat + nu_i * z
-        if stochastic:
-            z_next = z_next + c_i * chain.normal_rows(key_i, z.shape, z.dtype)
-        return z_next, z_next, x_hat
-
-    return _run(step, z0, (logsnrs[:-1], mu, nu, c), key_steps, remat=remat, return_trajectory=return_trajectory)
-
-
 def ddim(denoise, key, shape, *, logsnrs, eta=0.0, remat: bool = True, return_trajectory: bool = False,
          z_init=None, dtype=None):
     """DDIM(eta) sampler: ``z_s = alpha_s x_hat + sqrt(sigma_s^2 - c^2) eps_hat + c xi`` per step.
@@ -162,7 +132,7 @@ def ddim(denoise, key, shape, *, logsnrs, eta=0.0, remat: bool = True, return_tr
     _check_eta(eta)
     mu, nu, c = ddim_coefficients(logsnr_t=logsnrs[:-1], logsnr_s=logsnrs[1:], eta=eta)
     stochastic = not (chain.is_concrete(eta) and float(eta) == 0.0)
-    return _markov_chain(denoise, z0, key_steps, logsnrs=logsnrs, mu=mu, nu=nu, c=c, stochastic=stochastic,
+    return chain.markov_chain(denoise, z0, key_steps, logsnrs=logsnrs, mu=mu, nu=nu, c=c, stochastic=stochastic,
                          remat=remat, return_trajectory=return_trajectory)
 
 
@@ -224,7 +194,7 @@ def dpm_solver_pp_2m(denoise, key, shape, *, logsnrs, lower_order_final: bool = 
         z_next = a_i * z + b_i * ((1.0 + w_i) * x_hat - w_i * x_prev)
         return (x_hat, z_next), z_next, x_hat
 
-    return _run(step, z0, (logsnr_t, a, b, w), key_steps, carry=(jnp.zeros_like(z0), z0), remat=remat,
+    return chain.run_steps(step, z0, (logsnr_t, a, b, w), key_steps, carry=(jnp.zeros_like(z0), z0), remat=remat,
                 return_trajectory=return_trajectory)
 
 
@@ -294,7 +264,7 @@ def heun(denoise, key, shape, *, logsnrs, first_euler: bool = True, last_euler: 
         return z_next, z_next, x_hat
 
     per_step = (logsnr_t, logsnr_s, mu, nu, alpha_t, sigma_t, alpha_s, sigma_s, corr, flags)
-    return _run(step, z0, per_step, key_steps, remat=remat, return_trajectory=return_trajectory)
+    return chain.run_steps(step, z0, per_step, key_steps, remat=remat, return_trajectory=return_trajectory)
 
 
 def heun_nfe(K: int, *, first_euler: bool = True, last_euler: bool = True) -> int:
@@ -410,7 +380,7 @@ class RDDIM:
         K, z0, key_steps, dtype, logsnrs = _family_setup(
             params, logsnrs, lambda K: {"mu": (K,), "nu": (K,), "c": (K,)}, "RDDIM", key, shape, z_init, dtype)
         p = {k: jnp.asarray(params[k], dtype) for k in ("mu", "nu", "c")}
-        return _markov_chain(denoise, z0, key_steps, logsnrs=logsnrs, mu=p["mu"], nu=p["nu"], c=p["c"],
+        return chain.markov_chain(denoise, z0, key_steps, logsnrs=logsnrs, mu=p["mu"], nu=p["nu"], c=p["c"],
                              stochastic=True, remat=remat, return_trajectory=return_trajectory)
 
     @staticmethod
@@ -522,7 +492,7 @@ class GGDM:
 
         per_step = (jnp.arange(K), lam[:-1], mu.T, nu.T, c)
         acc0 = jnp.zeros((K,) + z0.shape, dtype)
-        return _run(step, z0, per_step, key_steps, carry=(acc0, z0), remat=False, return_trajectory=return_trajectory)
+        return chain.run_steps(step, z0, per_step, key_steps, carry=(acc0, z0), remat=False, return_trajectory=return_trajectory)
 
     @staticmethod
     def nfe(K: int) -> int:
@@ -564,20 +534,8 @@ def steps_for_nfe(nfe_fn, nfe, *, name: str, **options) -> int:
                      f"{below[-1] if below else None} and {above[0] if above else None}")
 
 
-def resolve_grid(model, K: int, *, logsnrs=None, grid: str | None = None, allow_outside_range: bool = False,
-                 data_end: bool = True, **grid_options):
-    """The grid a sampler of K steps runs on for ``model``: ``logsnrs`` (checked to lie in the model's
-    range unless ``allow_outside_range``), else ``grids.get(grid or model.default_grid)(K, model)``.
-    A discrete model's default grid ends at the data; ``data_end=False`` (samplers that cannot step
-    there) uses the continuous ``"time_uniform"`` grid on its schedule instead."""
-    if logsnrs is not None:
-        if grid is not None:
-            raise ValueError("give logsnrs or grid, not both")
-        return logsnrs if allow_outside_range else grids.check_in_range(logsnrs, model)
-    name = grid if grid is not None else model.default_grid
-    if grid is None and not data_end and name in grids.DISCRETE:
-        name = "time_uniform"
-    return grids.get(name)(K, model, **grid_options)
+resolve_grid = grids.for_model
+"""The grid a sampler of K steps runs on for a model (:func:`ddss_lite.grids.for_model`)."""
 
 
 def _prepare(target, key, shape, *, K_from_nfe, nfe, logsnrs, grid, allow_outside_range, data_end, who: str):
@@ -690,6 +648,12 @@ SAMPLERS = {
     "dpm_solver_pp_2m": Sampler("dpm_solver_pp_2m", dpm_solver_pp_2m, _nfe_one_per_step,
                                 "Lu et al. 2022, Algorithm 2", lambda o: o.get("lower_order_final", True)),
     "heun": Sampler("heun", heun, heun_nfe, "Karras et al. 2022, Algorithm 1", lambda o: o.get("last_euler", True)),
+    "lambda_ddim": Sampler("lambda_ddim", integrators.lambda_ddim, _nfe_one_per_step,
+                           "Pandey et al. 2024, conjugate integrator with B_t = lambda I (lambda-DDIM)",
+                           lambda o: False, takes_schedule=True),
+    "conjugate_poly": Sampler("conjugate_poly", integrators.conjugate_poly, _nfe_one_per_step,
+                              "Pandey et al. 2024 (B_t = lambda I) with polynomial eps, as DEIS (Zhang & Chen 2023)",
+                              lambda o: False, takes_schedule=True),
 }
 
 FAMILIES = {"rddim": RDDIM, "ggdm": GGDM}
@@ -728,10 +692,3 @@ def steps(name: str, nfe: int, **options) -> int:
     if name in FAMILIES:
         return steps_for_nfe(FAMILIES[name].nfe, nfe, name=name)
     return get(name).steps(nfe, **options)
-
-
-# --------------------------------------------------------------------------- conjugate integrators
-# Registered last: ddss_lite.integrators imports Sampler and the chain helpers from this module.
-from ddss_lite import integrators as _integrators  # noqa: E402
-
-SAMPLERS.update(_integrators.SAMPLERS)

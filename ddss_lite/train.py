@@ -91,14 +91,16 @@ def fit(loss_fn: Callable, params, *, key, steps: int, optimizer: optax.Gradient
     if ckpt_path is not None:
         config = run_config(loss_fn, params, key=key, steps=steps, optimizer=optimizer, ema_decay=ema_decay,
                             config=config)
-    return _fit(loss_fn, params, key=key, steps=steps, optimizer=optimizer, ema_decay=ema_decay,
+    return fit_with_config(loss_fn, params, key=key, steps=steps, optimizer=optimizer, ema_decay=ema_decay,
                 ckpt_path=ckpt_path, ckpt_every=ckpt_every, config=config, desc=desc, stop_after=stop_after,
                 mesh=mesh)
 
 
-def _fit(loss_fn, params, *, key, steps, optimizer, ema_decay, ckpt_path, ckpt_every, config, desc, stop_after,
+def fit_with_config(loss_fn, params, *, key, steps, optimizer, ema_decay, ckpt_path, ckpt_every, config, desc, stop_after,
          mesh=None):
-    """:func:`fit` with ``config`` already complete (:func:`run_config`)."""
+    """:func:`fit` with ``config`` already the complete run config (:func:`run_config`), for a caller
+    that has computed it once to key its checkpoint file by it (probing the loss and the optimiser
+    again would compile the loss a second time)."""
     if mesh is not None:
         parallel.check_mesh(mesh)
         parallel.check_same_on_all_processes((key, params), name="key and params")
@@ -150,6 +152,6 @@ def load_or_train(name: str, config: dict, init_params: Callable[[], dict], loss
     params = init_params()
     full = run_config(loss_fn, params, key=key, steps=steps, optimizer=optimizer, ema_decay=ema_decay, config=config)
     path = pathlib.Path(cache_dir) / f"{name}-{store.config_hash(full)}.ckpt"
-    return _fit(loss_fn, params, key=key, steps=steps, optimizer=optimizer, ema_decay=ema_decay,
+    return fit_with_config(loss_fn, params, key=key, steps=steps, optimizer=optimizer, ema_decay=ema_decay,
                 ckpt_path=path, ckpt_every=ckpt_every, config=full, desc=name, stop_after=None, mesh=mesh)
 

@@ -32,14 +32,9 @@ KNOWN_UPWARD = {
     ("distill", "pretrained"): "a student of a book model is built as pretrained.Pretrained",
 }
 KNOWN_CYCLES = {
-    frozenset({"samplers", "integrators"}): "samplers registers the integrators; they use its chain helpers",
     frozenset({"distill", "pretrained"}): "pretrained.distilled_students runs distill; distill builds Pretrained",
 }
-KNOWN_PRIVATE = {
-    ("distill", "train", "_fit"): "a round's checkpoint config is computed once (train.run_config)",
-    ("integrators", "samplers", "_markov_chain"): "lambda-DDIM runs the samplers' Markov chain",
-    ("integrators", "samplers", "_run"): "the polynomial integrator runs the samplers' scan",
-}
+KNOWN_PRIVATE: dict = {}
 
 
 def _layer_of():
