@@ -66,6 +66,8 @@ _SETS_BYTES = 1 << 30  # ... and at most this many bytes of them (5000 rows: 200
 
 
 def _feats(f, *, name: str) -> np.ndarray:
+    if np.asarray(f).dtype.kind not in "biuf":
+        raise ValueError(f"{name} must hold real numbers, got dtype {np.asarray(f).dtype}")
     f = np.asarray(f, np.float64)
     if f.ndim != 2 or f.shape[0] < 2 or f.shape[1] < 1:
         raise ValueError(f"{name} must be a 2-D (rows >= 2, features >= 1) array, got shape {f.shape}")
@@ -195,6 +197,9 @@ class Evaluator:
     with_fid: bool = True
 
     def __post_init__(self):
+        if not isinstance(self.with_fid, (bool, np.bool_)):
+            raise ValueError(f"with_fid must be True or False, got {self.with_fid!r}")
+        check_K(self.seed, name="seed", low=0)
         r = _feats(self.ref_feats, name="ref_feats")
         check_K(self.n_boot, name="n_boot", low=2)
         object.__setattr__(self, "ref_feats", r)

@@ -61,6 +61,9 @@ def _check_features(x, *, name: str, min_rows: int = 2):
     shape = np.shape(x)
     if len(shape) != 2:
         raise ValueError(f"{name} must be a 2-D array (rows, feature width), got shape {shape}")
+    dtype = getattr(x, "dtype", None) or np.asarray(x).dtype
+    if np.dtype(dtype).kind not in "biuf":
+        raise ValueError(f"{name} must hold real numbers (features), got dtype {dtype}")
     if shape[0] < min_rows:
         raise ValueError(f"{name} must have at least {min_rows} rows (samples), got {shape[0]}")
     if shape[1] < 1:

@@ -105,6 +105,6 @@ def describe(profile: Profile) -> str:
 
 def get_profile(name: str) -> Profile:
     """The :class:`Profile` called ``name``; raises ``ValueError`` listing the valid names."""
-    if name not in PROFILES:
+    if not isinstance(name, str) or name not in PROFILES:
         raise ValueError(f"profile must be one of {list(PROFILES)}, got {name!r}")
     return PROFILES[name]

@@ -220,6 +220,17 @@ def _asarray(t, xp):
     return np.asarray(t, np.float64) if xp is np else jnp.asarray(t, jnp.result_type(float, t))
 
 
+def _time(t, xp):
+    """``t`` as :func:`_asarray`, host values checked to be times in [0, 1] (the closed forms hold only
+    there: a negative ``t`` gives a negative variance); traced values are not checked."""
+    t = _asarray(t, xp)
+    if xp is np:
+        ok = (t >= 0.0) & (t <= 1.0)                      # NaN fails too
+        if not np.all(ok):
+            raise ValueError(f"t must be a time in [0, 1] (0 = data, 1 = the prior), got {t[~ok].ravel()[:5].tolist()}")
+    return t
+
+
 _SERIES_TERMS = 30   # for y <= 2: the first omitted term is below 2^30 / 30! < 1e-23
 _SERIES_MAX = 2.0
 _SERIES_J = np.arange(_SERIES_TERMS)
@@ -259,7 +270,7 @@ def expm_F(process: PSLD, b):
 def mean_coefficients(process: PSLD, t):
     """``(a_x, a_m)`` with ``E[x_t | x_0] = a_x x_0``, ``E[m_t | x_0] = a_m x_0`` (m_0 has mean 0):
     the first column of ``expm(F beta t)``: ``e^{-kappa b/2} (1 + (nu - Gamma) b/4, -b/2)``."""
-    e_xx, _, e_mx, _ = expm_F(process, process.beta * _asarray(t, _xp(t)))
+    e_xx, _, e_mx, _ = expm_F(process, process.beta * _time(t, _xp(t)))
     return e_xx, e_mx
 
 
@@ -267,7 +278,7 @@ def covariance(process: PSLD, t):
     """``(Sigma_xx, Sigma_xm, Sigma_mm)`` of the perturbation kernel at ``t`` (module docstring), jitter included."""
     xp = _xp(t)
     p = process
-    b = p.beta * _asarray(t, xp)
+    b = p.beta * _time(t, xp)
     y = p.kappa * b
     g0, g1, g2 = g_functions(y)
     e = xp.exp(-y)

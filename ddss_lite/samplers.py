@@ -74,9 +74,11 @@ __all__ = [
 
 def _check_eta(eta):
     if chain.is_concrete(eta):
-        check_finite(eta, name="eta")
         e = np.asarray(eta)
-        if e.ndim != 0 or not 0.0 <= float(e) <= 1.0:
+        if isinstance(eta, bool) or e.dtype.kind not in "iuf" or e.ndim != 0:
+            raise ValueError(f"eta must be a real scalar in [0, 1], got {eta!r}")
+        check_finite(eta, name="eta")
+        if not 0.0 <= float(e) <= 1.0:
             raise ValueError(f"eta must be a scalar in [0, 1], got {eta!r}")
     return eta
 
@@ -582,14 +584,29 @@ class Sampler:
     data_end: Callable = lambda options: True     # options -> may the grid end at the data (+inf)?
     takes_schedule: bool = False
 
+    @property
+    def options(self) -> tuple:
+        """The option names this sampler takes besides the call's own (its sample function's keywords)."""
+        common = {"denoise", "key", "shape", "logsnrs", "remat", "return_trajectory", "z_init", "dtype"}
+        params = inspect.signature(self.sample).parameters.values()
+        return tuple(p.name for p in params if p.kind is p.KEYWORD_ONLY and p.name not in common)
+
+    def check_options(self, options: dict) -> dict:
+        """``options`` must name options of this sampler (:attr:`options`); returns them."""
+        unknown = sorted(set(options) - set(self.options))
+        if unknown:
+            raise ValueError(f"{self.name}: unknown option(s) {unknown}; its options are {list(self.options)}")
+        return options
+
     def steps(self, nfe: int, **options) -> int:
         """K with ``self.nfe(K, **options) == nfe`` (:func:`steps_for_nfe`)."""
-        return steps_for_nfe(self.nfe, nfe, name=self.name, **options)
+        return steps_for_nfe(self.nfe, nfe, name=self.name, **self.check_options(options))
 
     def __call__(self, model, key, shape, *, logsnrs=None, nfe: int | None = None, grid: str | None = None,
                  allow_outside_range: bool = False, **kwargs):
+        options = {k: v for k, v in kwargs.items() if k in self.options}
         denoise, shape, logsnrs, model = _prepare(
-            model, key, shape, K_from_nfe=lambda n: self.steps(n, **kwargs), nfe=nfe, logsnrs=logsnrs, grid=grid,
+            model, key, shape, K_from_nfe=lambda n: self.steps(n, **options), nfe=nfe, logsnrs=logsnrs, grid=grid,
             allow_outside_range=allow_outside_range, data_end=self.data_end(kwargs), who=self.name)
         if nfe is not None:
             K = int(np.shape(logsnrs)[0]) - 1
@@ -683,8 +700,11 @@ def get_family(name: str):
 def nfe(name: str, K: int, **options) -> int:
     """Network evaluations of sampler or family ``name`` with K steps (e.g. ``nfe("heun", 10) == 18``)."""
     if name in FAMILIES:
+        if options:
+            raise ValueError(f"{name}: a family takes no options here, got {sorted(options)}")
         return FAMILIES[name].nfe(K)
-    return get(name).nfe(K, **options)
+    sampler = get(name)
+    return sampler.nfe(K, **sampler.check_options(options))
 
 
 def steps(name: str, nfe: int, **options) -> int:

@@ -1,0 +1,57 @@
+"""Bad input that used to pass silently or fail deep inside JAX/NumPy: each case raises our own
+``ValueError``/``TypeError`` whose message names the parameter (the reliability issue's examples,
+by kind: wrong but accepted, deep errors, results files)."""
+import jax
+import numpy as np
+import pytest
+
+from ddss_lite import evaluation, metrics, psld, samplers, schedules
+from ddss_lite.profiles import get_profile
+
+KEY = jax.random.PRNGKey(0)
+FEATS = np.random.RandomState(0).normal(size=(8, 3))
+
+
+def _ddim(**kw):
+    return samplers.ddim(lambda z, lam: 0.5 * z, KEY, (4, 2), logsnrs=schedules.grid(3), **kw)
+
+
+CASES = {
+    # wrong but accepted
+    "eta as a string": (lambda: _ddim(eta="0.5"), ValueError, "eta must be a real scalar"),
+    "eta as a bool": (lambda: _ddim(eta=True), ValueError, "eta must be a real scalar"),
+    "an unknown sampler option in nfe": (lambda: samplers.nfe("ddim", 5, bogus=1), ValueError,
+                                         r"ddim: unknown option\(s\) \['bogus'\]; its options are \['eta'\]"),
+    "an unknown sampler option in steps": (lambda: samplers.steps("heun", 18, first=False), ValueError,
+                                           r"heun: unknown option\(s\) \['first'\]"),
+    "options for a family": (lambda: samplers.nfe("ggdm", 5, eta=0.0), ValueError, "ggdm: a family takes no options"),
+    "with_fid as a string": (lambda: evaluation.Evaluator(None, FEATS, with_fid="no"), ValueError,
+                             "with_fid must be True or False"),
+    "complex features (Evaluator)": (lambda: evaluation.Evaluator(None, FEATS + 1j), ValueError,
+                                     "ref_feats must hold real numbers"),
+    "complex features (kid)": (lambda: metrics.kid(FEATS + 1j, FEATS), ValueError,
+                               "feats_gen must hold real numbers"),
+    "a negative PSLD time": (lambda: psld.covariance(psld.PSLD(), -1.0), ValueError, r"t must be a time in \[0, 1\]"),
+    "a PSLD time above 1": (lambda: psld.mean_coefficients(psld.PSLD(), np.array([0.5, 1.5])), ValueError,
+                            r"t must be a time in \[0, 1\].*1.5"),
+    # deep errors
+    "Evaluator(seed=-1)": (lambda: evaluation.Evaluator(None, FEATS, seed=-1), ValueError, "seed must be an integer"),
+    "a list as profile name": (lambda: get_profile(["smoke"]), ValueError, "profile must be one of"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_is_named(case):
+    call, error, match = CASES[case]
+    with pytest.raises(error, match=match):
+        call()
+
+
+def test_the_checks_keep_what_is_valid():
+    """The same calls with valid input still work: an integer eta, a real feature array, t at the ends."""
+    assert _ddim(eta=0).shape == (4, 2) and _ddim(eta=np.float32(0.5)).shape == (4, 2)
+    assert samplers.nfe("heun", 10, first_euler=False) == 19 and samplers.steps("heun", 18) == 10
+    assert samplers.get("ddim").options == ("eta",)
+    assert np.isfinite(metrics.kid(FEATS.astype(np.float32), FEATS))
+    sxx, _, _ = psld.covariance(psld.PSLD(), np.array([0.0, 1.0]))
+    assert np.all(sxx > 0)
