@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ddss_lite import __version__, paths, progress
-from ddss_lite.validate import check_choice, check_K
+from ddss_lite.validate import check_choice, check_K, check_key
 
 # --------------------------------------------------------------------------- 2-D toys
 
@@ -139,6 +139,7 @@ def toy2d(name: str, key, n: int) -> jnp.ndarray:
     Jit with ``name`` and ``n`` static."""
     check_choice(name, _TOY2D, name="toy dataset name")
     n = check_K(n, name="n")
+    check_key(key)
     return _TOY2D[name](key, n).astype(jnp.float32)
 
 

@@ -51,7 +51,7 @@ from ddss_lite import diffusion, grids, parallel, paths, schedules, store, train
 from ddss_lite.models import Model, check_model
 from ddss_lite.pretrained import Pretrained
 from ddss_lite.schedules import alpha_sigma
-from ddss_lite.validate import check_choice, check_K
+from ddss_lite.validate import check_choice, check_K, check_key
 
 FORMAT = 1          # bump to invalidate every distillation checkpoint when the update changes meaning
 GRAD_CLIP = 1.0     # global-norm clipping, as in the released CIFAR-10 distillation config
@@ -357,6 +357,7 @@ def distill_round(teacher, student_init: dict | None, N: int, *, data, steps: in
     steps = check_K(steps, name="steps")
     batch = check_K(batch, name="batch")
     lr = _check_lr(lr)
+    check_key(key)
     prediction = _check_prediction(teacher, student_prediction)
     student_init = teacher.params if student_init is None else student_init
     loss_fn = make_distillation_loss(teacher.denoise, teacher.net_apply, N=N, data=data, batch=batch,
@@ -475,6 +476,7 @@ def progressive_distillation(model, N_start: int, N_end: int = 1, *, data, steps
     for r, s in enumerate(steps):
         check_K(s, name=f"steps_per_round (round {r + 1})")
     prediction = _check_prediction(model, student_prediction)
+    check_key(key)
     check_K(batch, name="batch")
     _check_lr(lr)
     diffusion.weight_fn(weighting)   # fail before any work on a bad option string

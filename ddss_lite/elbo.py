@@ -75,7 +75,7 @@ from ddss_lite.dp import OptimalPaths, check_path, optimal_paths
 from ddss_lite.grids import check_in_range
 from ddss_lite.models import as_denoiser, check_model
 from ddss_lite.schedules import LOGSNR_MIN, alpha_sigma, logsnr_cosine
-from ddss_lite.validate import check_finite, check_increasing, check_K, check_shape
+from ddss_lite.validate import check_finite, check_increasing, check_K, check_key, check_shape
 
 LOGSNR_CLEAN = 9.0
 """Default log-SNR of the clean end (index T) of the grid (see the module docstring)."""
@@ -476,6 +476,7 @@ def elbo_terms(denoise, x, key, logsnrs=None, *, levels=DIGIT_LEVELS) -> ELBOTer
     ``levels``), the closed-form prior at ``logsnrs[0]``, the exact decoder term at every grid
     point (no network pass). ``denoise`` is a :class:`ddss_lite.Model` or a bare ``denoise(z, logsnr)``;
     for a model ``logsnrs`` defaults to :func:`model_grid` (and a given grid must lie in its range)."""
+    check_key(key)
     denoise, logsnrs = _denoiser_and_grid(denoise, logsnrs)
     lam = check_logsnrs(logsnrs)
     xf = _per_example_dims(x)

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from ddss_lite import parallel, progress, store
-from ddss_lite.validate import check_K
+from ddss_lite.validate import check_K, check_key
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,7 @@ def fit(loss_fn: Callable, params, *, key, steps: int, optimizer: optax.Gradient
     """
     check_K(steps, name="steps")
     check_K(ckpt_every, name="ckpt_every")
+    check_key(key)
     if not 0.0 <= ema_decay <= 1.0:
         raise ValueError(f"ema_decay must be in [0, 1], got {ema_decay}")
     if ckpt_path is not None:

@@ -5,11 +5,22 @@ import jax
 import numpy as np
 import pytest
 
-from ddss_lite import evaluation, metrics, psld, samplers, schedules
+import optax
+
+from ddss_lite import data, distill, elbo, evaluation, metrics, psld, samplers, schedules, train
 from ddss_lite.profiles import get_profile
 
 KEY = jax.random.PRNGKey(0)
 FEATS = np.random.RandomState(0).normal(size=(8, 3))
+
+
+def _teacher():
+    """A tiny book-style model (an MLP v-network on 2-D points), for the distillation entry points."""
+    from ddss_lite import nets, pretrained
+
+    net = nets.make_denoiser_net("mlp", hidden=8, depth=1)
+    params = net.init(KEY, np.zeros((1, 2)), np.zeros((1,)))["params"]
+    return pretrained.Pretrained("tiny", net, params, np.zeros(1), {}, "v", (2,))
 
 
 def _ddim(**kw):
@@ -34,7 +45,18 @@ CASES = {
     "a negative PSLD time": (lambda: psld.covariance(psld.PSLD(), -1.0), ValueError, r"t must be a time in \[0, 1\]"),
     "a PSLD time above 1": (lambda: psld.mean_coefficients(psld.PSLD(), np.array([0.5, 1.5])), ValueError,
                             r"t must be a time in \[0, 1\].*1.5"),
-    # deep errors
+    # deep errors: a key that is not a PRNG key, at every entry point that takes one
+    "key=0 in data.toy2d": (lambda: data.toy2d("checkerboard", 0, 4), ValueError, "key must be a PRNG key"),
+    "key=0 in train.fit": (lambda: train.fit(lambda p, k: p["w"] ** 2, {"w": 1.0}, key=0, steps=1,
+                                             optimizer=optax.sgd(0.1)), ValueError, "key must be a PRNG key"),
+    "key=0 in elbo.elbo_terms": (lambda: elbo.elbo_terms(lambda z, lam: z, np.zeros((2, 3)), 0,
+                                                         elbo.logsnr_grid(8)), ValueError, "key must be a PRNG key"),
+    "key=0 in distill.distill_round": (lambda: distill.distill_round(_teacher(), None, 2, data=np.zeros((8, 2)),
+                                                                     steps=1, batch=2, lr=1e-3, key=0, checkpoint=False),
+                                       ValueError, "key must be a PRNG key"),
+    "key=0 in progressive_distillation": (lambda: distill.progressive_distillation(
+        _teacher(), 2, data=np.zeros((8, 2)), steps_per_round=1, batch=2, lr=1e-3, key=0, checkpoint=False),
+        ValueError, "key must be a PRNG key"),
     "Evaluator(seed=-1)": (lambda: evaluation.Evaluator(None, FEATS, seed=-1), ValueError, "seed must be an integer"),
     "a list as profile name": (lambda: get_profile(["smoke"]), ValueError, "profile must be one of"),
 }
