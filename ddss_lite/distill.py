@@ -51,7 +51,7 @@ from ddss_lite import diffusion, grids, parallel, paths, schedules, store, train
 from ddss_lite.models import Model, check_model
 from ddss_lite.pretrained import Pretrained
 from ddss_lite.schedules import alpha_sigma
-from ddss_lite.validate import check_choice, check_K, check_key
+from ddss_lite.validate import check_choice, check_K, check_key, is_concrete
 
 FORMAT = 1          # bump to invalidate every distillation checkpoint when the update changes meaning
 GRAD_CLIP = 1.0     # global-norm clipping, as in the released CIFAR-10 distillation config
@@ -81,10 +81,14 @@ def x_target_from_landing(*, z_t, z_s, logsnr_t, logsnr_s):
 
     with ``log sigma = -softplus(l) / 2`` and the denominator in its cancellation-free form
     ``alpha_s - r alpha_t = alpha_s (1 - exp((l_t - l_s) / 2)) = -alpha_s expm1((l_t - l_s) / 2)``.
-    Needs ``logsnr_s > logsnr_t``.
+    Needs ``logsnr_s > logsnr_t`` (checked on concrete values: at equal log-SNRs every ``x`` lands
+    on ``z_s`` and the target is undefined).
     """
     logsnr_t = jnp.asarray(logsnr_t, z_t.dtype)
     logsnr_s = jnp.asarray(logsnr_s, z_t.dtype)
+    if is_concrete((logsnr_t, logsnr_s)) and not np.all(np.asarray(logsnr_s) > np.asarray(logsnr_t)):
+        raise ValueError(f"logsnr_s must be > logsnr_t (a step towards the data), got logsnr_t={np.asarray(logsnr_t)}, "
+                         f"logsnr_s={np.asarray(logsnr_s)}")
     r = jnp.exp(0.5 * (jax.nn.softplus(logsnr_t) - jax.nn.softplus(logsnr_s)))
     alpha_s, _ = alpha_sigma(logsnr_s)
     denom = -alpha_s * jnp.expm1(0.5 * (logsnr_t - logsnr_s))

@@ -58,6 +58,10 @@ def classifier_features(module: nn.Module, params, *, input_shape: tuple, name: 
 def batched(phi: Callable, x, *, batch_size: int = 1024):
     """Apply ``phi`` to ``x`` in batches (bounded memory); returns a NumPy array."""
     check_K(batch_size, name="batch_size")
+    if not callable(phi):
+        raise TypeError(f"phi must be a feature map x -> (n, d) features, got {type(phi).__name__}")
+    if np.ndim(x) < 1 or len(x) == 0:
+        raise ValueError(f"x must hold at least one example (rows first), got shape {np.shape(x)}")
     return np.concatenate([np.asarray(phi(x[i:i + batch_size])) for i in range(0, len(x), batch_size)])
 
 

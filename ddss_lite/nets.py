@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ddss_lite.validate import check_choice
+from ddss_lite.validate import check_choice, check_K
 
 
 def logsnr_embedding(logsnr, dim: int, *, max_period: float = 1e4):
@@ -83,6 +83,8 @@ DENOISERS = ("mlp", "unet")
 def make_denoiser_net(kind: str, *, hidden: int, depth: int = 3) -> nn.Module:
     """The denoising network called ``kind`` (``"mlp"`` or ``"unet"``; ``hidden`` is width or base channels)."""
     check_choice(kind, DENOISERS, name="net")
+    check_K(hidden, name="hidden (width or base channels)")
+    check_K(depth, name="depth (hidden layers)", low=0)
     return MLPDenoiser(hidden=hidden, depth=depth) if kind == "mlp" else UNetDenoiser(channels=hidden)
 
 

@@ -7,7 +7,8 @@ import pytest
 
 import optax
 
-from ddss_lite import data, distill, elbo, evaluation, metrics, psld, samplers, schedules, train
+from ddss_lite import data, distill, elbo, evaluation, metrics, nets, psld, samplers, schedules, train
+from ddss_lite.features import batched
 from ddss_lite.profiles import get_profile
 
 KEY = jax.random.PRNGKey(0)
@@ -57,6 +58,16 @@ CASES = {
     "key=0 in progressive_distillation": (lambda: distill.progressive_distillation(
         _teacher(), 2, data=np.zeros((8, 2)), steps_per_round=1, batch=2, lr=1e-3, key=0, checkpoint=False),
         ValueError, "key must be a PRNG key"),
+    "equal log-SNRs in the distillation target": (
+        lambda: distill.x_target_from_landing(z_t=np.ones((2, 1), np.float32), z_s=np.ones((2, 1), np.float32),
+                                              logsnr_t=1.0, logsnr_s=1.0),
+        ValueError, "logsnr_s must be > logsnr_t"),
+    "features of no examples": (lambda: batched(lambda x: x, np.zeros((0, 3))), ValueError,
+                                "x must hold at least one example"),
+    "a feature map that is not a function": (lambda: batched(None, np.zeros((2, 3))), TypeError,
+                                             "phi must be a feature map"),
+    "a network of width 0": (lambda: nets.make_denoiser_net("mlp", hidden=0), ValueError, "hidden"),
+    "a network of negative depth": (lambda: nets.make_denoiser_net("mlp", hidden=8, depth=-1), ValueError, "depth"),
     "Evaluator(seed=-1)": (lambda: evaluation.Evaluator(None, FEATS, seed=-1), ValueError, "seed must be an integer"),
     "a list as profile name": (lambda: get_profile(["smoke"]), ValueError, "profile must be one of"),
 }
