@@ -251,8 +251,16 @@ def search(family, denoise: Callable, phi: Callable, real_feats, *, K: int, shap
         j = int(np.sum(np.asarray(state["eval_steps"]) >= 0))
         if j and int(state["eval_steps"][j - 1]) == step:
             return state
+        value = eval_fn(local(state["params"]))
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            raise TypeError(f"eval_fn must return a number, got {type(value).__name__} at step {step}") from None
+        if not np.isfinite(value):
+            raise FloatingPointError(f"{desc}: eval_fn returned {value} at step {step} (the parameters are finite: "
+                                     "the monitor itself)")
         return dict(state, eval_steps=state["eval_steps"].at[j].set(step),
-                    eval_values=state["eval_values"].at[j].set(float(eval_fn(local(state["params"])))))
+                    eval_values=state["eval_values"].at[j].set(value))
 
     start = int(state["step"])
     if mesh is not None:
@@ -279,6 +287,11 @@ def search(family, denoise: Callable, phi: Callable, real_feats, *, K: int, shap
             bad = _nonfinite_leaves(grads)
             if bad:
                 raise FloatingPointError(f"{desc}: gradient of {', '.join(bad)} is not finite at step {i}")
+            bad = _nonfinite_leaves(params)
+            if bad:     # finite loss and gradients: the optimiser's update itself (e.g. a NaN learning rate)
+                raise FloatingPointError(f"{desc}: the optimizer's update made {', '.join(bad)} non-finite at step "
+                                         f"{i} (the loss and its gradient were finite: check the optimizer, e.g. "
+                                         "its learning rate)")
             state = dict(state, step=jnp.asarray(i + 1, jnp.int32), params=params, opt_state=opt_state,
                          loss=state["loss"].at[i].set(loss))
             if (i + 1) % eval_every == 0 or i + 1 == steps:

@@ -67,6 +67,21 @@ def test_nonfinite_loss_names_the_step():
                     optimizer=optax.adam(1e-2), steps=3)
 
 
+def test_a_nan_from_the_optimizer_or_the_monitor_is_named_as_theirs():
+    """A NaN learning rate: the loss and gradient are finite, the update is not; the search stops at
+    step 0 naming the optimizer (not the denoiser, as the next step's sampler check would). A monitor
+    that returns NaN, or no number, is named as the monitor."""
+    kw = dict(K=3, shape=(8, 2), key=jax.random.PRNGKey(0), steps=3)
+    with pytest.raises(FloatingPointError, match="optimizer's update made .*mu.* non-finite at step 0"):
+        ddss.search(samplers.GGDM, gaussian_denoiser, phi, REAL, optimizer=optax.adam(float("nan")), **kw)
+    with pytest.raises(FloatingPointError, match="eval_fn returned nan at step 0"):
+        ddss.search(samplers.GGDM, gaussian_denoiser, phi, REAL, optimizer=optax.adam(1e-2),
+                    eval_fn=lambda p: float("nan"), **kw)
+    with pytest.raises(TypeError, match="eval_fn must return a number"):
+        ddss.search(samplers.GGDM, gaussian_denoiser, phi, REAL, optimizer=optax.adam(1e-2),
+                    eval_fn=lambda p: {"kid": 1.0}, **kw)
+
+
 def test_bad_inputs():
     kw = dict(shape=(8, 2), key=jax.random.PRNGKey(0), optimizer=optax.adam(1e-2), steps=3)
     with pytest.raises(ValueError, match="K must be"):
