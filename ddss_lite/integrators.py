@@ -410,7 +410,10 @@ def _tables(logsnrs, lam, r: int, dtype, time: ScheduleTime):
 
     def host(g_words, *lam_words):
         lam64 = float(from_words(lam_words[0])) if lam_words else lam    # a concrete lam stays a host float
+        if not np.isfinite(lam64):   # named here: NaN tables would be blamed on the denoiser downstream
+            raise ValueError(f"lam must be finite, got {lam64} (traced under jit)")
         mu, nu = _coefficients64(from_words(g_words).astype(np.float64), lam64, r, time)
+        _check_overflow(lam64, mu, nu)
         return tuple(np.ascontiguousarray(a, fdtype).view(np.uint32).reshape(K, r + 1, -1) for a in (mu, nu))
 
     out = (jax.ShapeDtypeStruct((K, r + 1, 2 if wide else 1), jnp.uint32),) * 2

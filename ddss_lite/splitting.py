@@ -293,6 +293,17 @@ def _stack_subs(K, program, parts):
     return _Plan(tuple(program), P, Q, R, T)
 
 
+def _check_plan(plan: _Plan, name: str, options: dict, dtype) -> None:
+    """The step coefficients must be finite in the working dtype: options that overflow them (a large
+    ``|lam|``) are named here, not later as a non-finite ``eps_hat`` blamed on the network."""
+    limit = np.finfo(np.dtype(dtype) if dtype is not None else chain.default_dtype()).max
+    with np.errstate(invalid="ignore"):
+        ok = all(np.all(np.isfinite(a) & (np.abs(a) <= limit)) for a in (plan.P, plan.Q, plan.R))
+    if not ok:
+        raise ValueError(f"sampler {name!r}: the options {options} overflow its step coefficients on this grid "
+                         "(beyond the working dtype's range); use a smaller |lam|")
+
+
 def _host_number(value, name: str) -> float:
     """A Python/NumPy number (the coefficients are computed on the host when the sampler is traced)."""
     if isinstance(value, bool) or not chain.is_concrete(value) or np.ndim(value) != 0:
@@ -580,6 +591,7 @@ class Sampler:
              else check_K(num_steps, name="num_steps"))
         z0, key_steps = _setup(key, shape, process, z_init, dtype)
         plan = self.plan(process, time_grid(process, K, grid), **options)
+        _check_plan(plan, self.name, options, dtype)
         z, traj = _chain(eps_fn, z0, key_steps, plan, remat=remat, return_trajectory=return_trajectory)
         if denoise:
             z = _denoise(eps_fn, z, process, stochastic=self.stochastic)

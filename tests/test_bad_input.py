@@ -7,7 +7,7 @@ import pytest
 
 import optax
 
-from ddss_lite import data, distill, elbo, evaluation, metrics, nets, psld, samplers, schedules, train
+from ddss_lite import data, distill, elbo, evaluation, metrics, nets, psld, samplers, schedules, splitting, train
 from ddss_lite.features import batched
 from ddss_lite.profiles import get_profile
 
@@ -46,15 +46,19 @@ CASES = {
     "a negative PSLD time": (lambda: psld.covariance(psld.PSLD(), -1.0), ValueError, r"t must be a time in \[0, 1\]"),
     "a PSLD time above 1": (lambda: psld.mean_coefficients(psld.PSLD(), np.array([0.5, 1.5])), ValueError,
                             r"t must be a time in \[0, 1\].*1.5"),
+    "an overflowing lam in a PSLD conjugate splitting sampler": (
+        lambda: splitting.get("cse")(lambda z, t: 0.1 * z, KEY, (4, 3), process=psld.PSLD(), num_steps=5, lam=500.0),
+        ValueError, r"'cse': the options \{'lam': 500.0\} overflow its step coefficients"),
     # deep errors: a key that is not a PRNG key, at every entry point that takes one
     "key=0 in data.toy2d": (lambda: data.toy2d("checkerboard", 0, 4), ValueError, "key must be a PRNG key"),
     "key=0 in train.fit": (lambda: train.fit(lambda p, k: p["w"] ** 2, {"w": 1.0}, key=0, steps=1,
                                              optimizer=optax.sgd(0.1)), ValueError, "key must be a PRNG key"),
     "key=0 in elbo.elbo_terms": (lambda: elbo.elbo_terms(lambda z, lam: z, np.zeros((2, 3)), 0,
                                                          elbo.logsnr_grid(8)), ValueError, "key must be a PRNG key"),
-    "key=0 in distill.distill_round": (lambda: distill.distill_round(_teacher(), None, 2, data=np.zeros((8, 2)),
-                                                                     steps=1, batch=2, lr=1e-3, key=0, checkpoint=False),
-                                       ValueError, "key must be a PRNG key"),
+    "key=0 in distill.distill_round": (
+        lambda: distill.distill_round(_teacher(), None, 2, data=np.zeros((8, 2)), steps=1, batch=2, lr=1e-3, key=0,
+                                      checkpoint=False),
+        ValueError, "key must be a PRNG key"),
     "key=0 in progressive_distillation": (lambda: distill.progressive_distillation(
         _teacher(), 2, data=np.zeros((8, 2)), steps_per_round=1, batch=2, lr=1e-3, key=0, checkpoint=False),
         ValueError, "key must be a PRNG key"),

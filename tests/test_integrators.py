@@ -501,3 +501,15 @@ def test_tune_lam_picks_the_argmin_of_the_score_over_direct_runs():
         integrators.tune_lam(gaussian_denoiser, nfe, (0.0,), score=err, key=key, n=n)
     with pytest.raises(ValueError, match="at least one"):
         integrators.tune_lam(model, nfe, (), score=err, key=key, n=n)
+
+
+def test_a_traced_bad_lam_is_named_not_blamed_on_the_denoiser():
+    """Under jit lam is a tracer: a NaN or overflowing lam is caught on the host where the tables are
+    made, and the error names lam (it used to surface as a non-finite x_hat, blamed on the denoiser)."""
+    g = schedules.grid(4)
+    run = jax.jit(lambda lam: integrators.lambda_ddim(nonlinear_denoiser, KEY, (4, 2), logsnrs=g, lam=lam))
+    with pytest.raises(Exception, match="lam must be finite, got nan"):
+        jax.block_until_ready(run(jnp.float32(np.nan)))
+    with pytest.raises(Exception, match="lam = .* overflows"):
+        jax.block_until_ready(run(jnp.float32(1e4)))
+    assert np.all(np.isfinite(np.asarray(run(jnp.float32(0.0)))))
