@@ -69,27 +69,36 @@ def check_logsnrs(logsnrs, dtype=None, *, name: str = "logsnrs", data_end: bool 
     that two points distinct in float64 but equal in float32 are rejected, not divided by. With
     ``data_end`` the last point may be ``+inf``, the data itself (``alpha = 1``, ``sigma = 0``: the
     last step returns ``x_hat``; :data:`ddss_lite.grids.DATA_END`), for the samplers whose last step
-    is well defined there. Value checks run when the grid is concrete; the shape is always checked."""
+    is well defined there. Value checks run at once when the grid is concrete; a traced grid (under
+    ``jit``) is checked when the compiled call runs (``jax.debug.callback``: the error surfaces from
+    that call). The shape is always checked."""
     if logsnrs is None:
         raise ValueError(f"{name} is required: a strictly increasing (K+1,) grid, e.g. schedules.grid(K)")
     dtype = default_dtype() if dtype is None else dtype
+    check = functools.partial(_check_grid_values, name=name, dtype_name=np.dtype(dtype).name, data_end=data_end)
     if is_concrete(logsnrs):
-        cast = np.asarray(np.asarray(logsnrs, np.float64).astype(np.dtype(dtype)))
-        if cast.ndim == 1 and cast.shape[0] >= 2 and cast[-1] == np.inf:
-            if not data_end:
-                raise ValueError(f"{name} ends at +inf (the data); this sampler cannot take a step to the data "
-                                 "with these options: end the grid at a finite log-SNR (a continuous grid of "
-                                 "ddss_lite.grids), or see the sampler's docstring")
-            head = cast[:-1]
-            check_finite(head, name=f"{name} (before its data end)")
-            if head.shape[0] > 1:
-                check_increasing(head, name=f"{name} (as {np.dtype(dtype).name}, before its data end)")
-        else:
-            check_increasing(cast, name=f"{name} (as {np.dtype(dtype).name})")
+        check(np.asarray(np.asarray(logsnrs, np.float64).astype(np.dtype(dtype))))
     out = jnp.asarray(logsnrs, dtype)
     if out.ndim != 1 or out.shape[0] < 2:
         raise ValueError(f"{name} must be a 1-D array of length K+1 >= 2, got shape {out.shape}")
+    if not is_concrete(logsnrs):
+        jax.debug.callback(lambda g: check(np.asarray(g)), out)
     return out
+
+
+def _check_grid_values(cast, *, name: str, dtype_name: str, data_end: bool):
+    """The value checks of :func:`check_logsnrs` on a host grid already cast to the working dtype."""
+    if cast.ndim == 1 and cast.shape[0] >= 2 and cast[-1] == np.inf:
+        if not data_end:
+            raise ValueError(f"{name} ends at +inf (the data); this sampler cannot take a step to the data "
+                             "with these options: end the grid at a finite log-SNR (a continuous grid of "
+                             "ddss_lite.grids), or see the sampler's docstring")
+        head = cast[:-1]
+        check_finite(head, name=f"{name} (before its data end)")
+        if head.shape[0] > 1:
+            check_increasing(head, name=f"{name} (as {dtype_name}, before its data end)")
+    else:
+        check_increasing(cast, name=f"{name} (as {dtype_name})")
 
 
 def setup(key, shape, z_init=None, dtype=None):

@@ -92,3 +92,13 @@ def test_the_checks_keep_what_is_valid():
     assert np.isfinite(metrics.kid(FEATS.astype(np.float32), FEATS))
     sxx, _, _ = psld.covariance(psld.PSLD(), np.array([0.0, 1.0]))
     assert np.all(sxx > 0)
+
+
+def test_a_traced_grid_is_checked_when_the_compiled_call_runs():
+    """Under jit the grid is a tracer: a decreasing one is refused when the compiled sampler runs (it
+    sampled garbage before), naming the grid; an increasing one samples as before."""
+    run = jax.jit(lambda g: samplers.ddim(lambda z, lam: 0.5 * z, KEY, (4, 2), logsnrs=g))
+    g = schedules.grid(4)
+    np.testing.assert_allclose(run(g), samplers.ddim(lambda z, lam: 0.5 * z, KEY, (4, 2), logsnrs=g), rtol=1e-6)
+    with pytest.raises(Exception, match="logsnrs .* must be strictly increasing"):
+        jax.block_until_ready(run(g[::-1]))
