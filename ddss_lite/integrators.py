@@ -445,8 +445,8 @@ def lambda_ddim(denoise, key, shape, *, logsnrs, lam=0.0, remat: bool = True, re
     """
     z0, key_steps, dtype, logsnrs, mu, nu = _setup(key, shape, z_init, dtype, logsnrs, lam, 0, schedule)
     return chain.markov_chain(denoise, z0, key_steps, logsnrs=logsnrs, mu=mu[:, 0], nu=nu[:, 0],
-                                   c=jnp.zeros_like(mu[:, 0]), stochastic=False, remat=remat,
-                                   return_trajectory=return_trajectory)
+                              c=jnp.zeros_like(mu[:, 0]), stochastic=False, remat=remat,
+                              return_trajectory=return_trajectory)
 
 
 def conjugate_poly(denoise, key, shape, *, logsnrs, lam=0.0, r: int = 2, remat: bool = True,
@@ -481,7 +481,7 @@ def conjugate_poly(denoise, key, shape, *, logsnrs, lam=0.0, r: int = 2, remat: 
 
     hist0 = jnp.zeros((r,) + z0.shape, z0.dtype)
     return chain.run_steps(step, z0, (logsnrs[:-1], mu, nu), key_steps, carry=(hist0, hist0, z0), remat=remat,
-                          return_trajectory=return_trajectory)
+                           return_trajectory=return_trajectory)
 
 
 def nfe(K: int, **_) -> int:

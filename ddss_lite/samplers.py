@@ -135,7 +135,7 @@ def ddim(denoise, key, shape, *, logsnrs, eta=0.0, remat: bool = True, return_tr
     mu, nu, c = ddim_coefficients(logsnr_t=logsnrs[:-1], logsnr_s=logsnrs[1:], eta=eta)
     stochastic = not (chain.is_concrete(eta) and float(eta) == 0.0)
     return chain.markov_chain(denoise, z0, key_steps, logsnrs=logsnrs, mu=mu, nu=nu, c=c, stochastic=stochastic,
-                         remat=remat, return_trajectory=return_trajectory)
+                              remat=remat, return_trajectory=return_trajectory)
 
 
 def ddpm(denoise, key, shape, *, logsnrs, remat: bool = True, return_trajectory: bool = False,
@@ -197,7 +197,7 @@ def dpm_solver_pp_2m(denoise, key, shape, *, logsnrs, lower_order_final: bool = 
         return (x_hat, z_next), z_next, x_hat
 
     return chain.run_steps(step, z0, (logsnr_t, a, b, w), key_steps, carry=(jnp.zeros_like(z0), z0), remat=remat,
-                return_trajectory=return_trajectory)
+                           return_trajectory=return_trajectory)
 
 
 def _heun_flags(K, first_euler, last_euler):
@@ -383,7 +383,7 @@ class RDDIM:
             params, logsnrs, lambda K: {"mu": (K,), "nu": (K,), "c": (K,)}, "RDDIM", key, shape, z_init, dtype)
         p = {k: jnp.asarray(params[k], dtype) for k in ("mu", "nu", "c")}
         return chain.markov_chain(denoise, z0, key_steps, logsnrs=logsnrs, mu=p["mu"], nu=p["nu"], c=p["c"],
-                             stochastic=True, remat=remat, return_trajectory=return_trajectory)
+                                  stochastic=True, remat=remat, return_trajectory=return_trajectory)
 
     @staticmethod
     def nfe(K: int) -> int:
@@ -494,7 +494,8 @@ class GGDM:
 
         per_step = (jnp.arange(K), lam[:-1], mu.T, nu.T, c)
         acc0 = jnp.zeros((K,) + z0.shape, dtype)
-        return chain.run_steps(step, z0, per_step, key_steps, carry=(acc0, z0), remat=False, return_trajectory=return_trajectory)
+        return chain.run_steps(step, z0, per_step, key_steps, carry=(acc0, z0), remat=False,
+                               return_trajectory=return_trajectory)
 
     @staticmethod
     def nfe(K: int) -> int:
